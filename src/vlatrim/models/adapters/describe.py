@@ -135,3 +135,27 @@ def summary_text(info: dict[str, Any]) -> str:
         else:
             lines.append(f"  {name}: {c['params']:,}" + (f" (blocks {c['blocks']:,})" if "blocks" in c else ""))
     return "\n".join(lines)
+
+
+def inspect_model(model_path: str, out: str, blocks_path: str | None = None) -> tuple[dict[str, Any], str]:
+    """Open ``model_path``, locate its backbone and write ``inspect.json`` + ``summary.txt`` into ``out``.
+
+    Args:
+        model_path: vlatrim checkpoint dir, transformers model dir, or transformers config JSON.
+        out: output directory (must not exist; written atomically).
+        blocks_path: override for the backbone's block list (see ``locate_backbone``).
+
+    Returns:
+        (the inspect.json content, the summary text).
+    """
+    from vlatrim.models.adapters.load import load_model
+    from vlatrim.models.adapters.locate import locate_backbone
+    from vlatrim.utils.io import atomic_dir, write_json_atomic
+
+    model, kind = load_model(model_path)
+    info = {"source": {"path": str(model_path), "kind": kind}, **describe(locate_backbone(model, blocks_path))}
+    text = summary_text(info)
+    with atomic_dir(out) as tmp:
+        write_json_atomic(tmp / "inspect.json", info)
+        (tmp / "summary.txt").write_text(text + "\n")
+    return info, text
