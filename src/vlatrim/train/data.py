@@ -9,6 +9,7 @@ action and masked out of the loss.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -76,6 +77,28 @@ class DemoFrames:
             out[key] = {"mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
                         "min": x.min(0).tolist(), "max": x.max(0).tolist()}
         return out
+
+
+def read_demo_frames(path: str | os.PathLike, image_key: str | None = None) -> DemoFrames:
+    """Load a LeRobotDataset v3 directory (``vlatrim.data.lerobot``) into memory for training.
+
+    Args:
+        path: the dataset directory.
+        image_key: which ``observation.images.<cam>`` to use (default: the reader's choice).
+
+    Raises:
+        VlatrimError: not a dataset, or a missing / mismatched feature (named by the reader).
+    """
+    from vlatrim.data.lerobot import LeRobotDataset
+
+    ds = LeRobotDataset(path, image_key=image_key)
+    h, w, _ = ds.image_shape
+    if h != w:
+        raise VlatrimError(f"dataset {str(path)!r} images are {w}x{h} px; the reference VLA needs square images")
+    return DemoFrames(images=ds.images(), states=ds.state, actions=ds.action,
+                      episode_index=ds.episode_index.astype(np.int64), frame_index=ds.frame_index.astype(np.int64),
+                      task_index=ds.task_index.astype(np.int64),
+                      instructions={i: t for i, t in enumerate(ds.tasks) if t})
 
 
 def split_episodes(frames: DemoFrames, val_fraction: float) -> tuple[list[int], list[int]]:

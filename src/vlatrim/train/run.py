@@ -108,10 +108,10 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
     if load_frames is None:
         from vlatrim.train.data import read_demo_frames as load_frames
     frames = load_frames(data)
-    if not resume:
-        ensure_empty_dir(out)  # only now: a dataset that fails to load leaves no run directory behind
     trainer_cfg = TrainerConfig.from_dict(settings["trainer"])
     model_cfg = VLAConfig.from_dict({**settings["model"], "image_size": frames.image_size})
+    if not resume:
+        ensure_empty_dir(out)  # only now: a dataset or config that fails leaves no run directory behind
     if resume and settings.get("image_size") not in (None, frames.image_size):
         raise VlatrimError(f"cannot resume: the dataset's images are {frames.image_size} px, the run's model takes "
                            f"{settings['image_size']} px")

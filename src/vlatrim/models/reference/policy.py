@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlatrim.models.reference.config import MODEL_TYPE
 from vlatrim.models.reference.model import ReferenceVLA
+from vlatrim.sim.policy import POLICY_LOADERS
 
 
 class ReferenceVLAPolicy:
@@ -35,6 +37,11 @@ class ReferenceVLAPolicy:
         return np.clip(chunk.numpy(), -1.0, 1.0).astype(np.float32)
 
 
+@POLICY_LOADERS.register(MODEL_TYPE)
 def load_reference_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceVLAPolicy:
-    """A policy from a reference VLA checkpoint or ``vlatrim train`` run directory."""
+    """A policy from a reference VLA checkpoint or ``vlatrim train`` run directory.
+
+    Registered in ``vlatrim.sim.policy.POLICY_LOADERS`` under ``vlatrim_vla`` (``vlatrim eval --policy DIR``).
+    """
     return ReferenceVLAPolicy(ReferenceVLA.from_pretrained(path, device=device), device=device)
+

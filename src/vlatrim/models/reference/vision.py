@@ -18,7 +18,12 @@ VISION_ENCODERS: Registry[type[nn.Module]] = Registry("vision encoder")
 
 @VISION_ENCODERS.register("conv")
 class ConvEncoder(nn.Module):
-    """A stack of stride-2 3x3 convolutions (GroupNorm + GELU), then a learned position embedding.
+    """A stack of stride-2 3x3 convolutions with GELU, then a per-token LayerNorm and a learned position
+    embedding.
+
+    No normalization inside the stack: a per-image norm (GroupNorm) would erase absolute colour and
+    brightness, and BatchNorm would make train and eval behave differently; the LayerNorm over channels
+    at each grid cell keeps the token scale stable for the projector.
 
     16x downsampling with the default four stages: 96 px -> 6x6 = 36 tokens, 32 px -> 2x2 = 4 tokens.
     """
@@ -28,9 +33,10 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = 3
         for c_out in config.conv_channels:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(_groups(c_out), c_out), nn.GELU()]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
             c_in = c_out
         self.net = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(c_in)
         # Conv features carry no absolute position once flattened; the backbone's own position
         # embedding only orders tokens, so each grid cell gets its own learned offset.
         self.pos = nn.Parameter(torch.zeros(1, self.num_tokens(config), c_in))
@@ -57,7 +63,7 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.net(x)  # (B, C, h, w)
-        return f.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, C)
+        return self.norm(f.flatten(2).transpose(1, 2)) + self.pos  # (B, h*w, C)
 
 
 @VISION_ENCODERS.register("vit")
@@ -96,10 +102,3 @@ class ViTEncoder(nn.Module):
         t = self.patch(x).flatten(2).transpose(1, 2) + self.pos  # (B, N, d)
         return self.norm(self.encoder(t))  # (B, N, d)
 
-
-def _groups(channels: int) -> int:
-    # GroupNorm with up to 8 groups that divide the channel count (1 group = LayerNorm over C,H,W).
-    for g in (8, 4, 2, 1):
-        if channels % g == 0:
-            return g
-    return 1
