@@ -27,13 +27,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def run_scorers(ctx: ScoringContext, names: Sequence[str] = DEFAULT_SCORERS,
-                options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                options: dict[str, dict[str, Any]] | None = None,
+                precomputed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the named scorers (drop-one first, so every block scorer is compared with it).
 
     Args:
         ctx: model, handle, calibration batches and loss.
         names: scorer names (``SCORERS``); unknown names raise VlatrimError before anything runs.
         options: per-scorer constructor options, e.g. ``{"angular": {"span": 2}}``.
+        precomputed: results of scorers already run on the same context (a resumed run); a drop-one
+            result there serves as the Spearman reference.
 
     Returns:
         ``{"scorers": {name: {"unit", "options", "seconds", "scores": {path: [..]}, "extras",
@@ -54,11 +57,12 @@ def run_scorers(ctx: ScoringContext, names: Sequence[str] = DEFAULT_SCORERS,
         log.info("scorer %s took %.2f s", n, dt)
         entry: dict[str, Any] = {"unit": scorer.unit, "options": scorer.options(), "seconds": dt,
                                  "scores": {p: s.tolist() for p, s in res.scores.items()}, "extras": res.extras}
-        if scorer.unit == "block" and "drop_one" in out and n != "drop_one":
-            ref = out["drop_one"]["scores"]
+        ref_entry = out.get("drop_one") or (precomputed or {}).get("drop_one")
+        if scorer.unit == "block" and ref_entry is not None and n != "drop_one":
+            ref = ref_entry["scores"]
             entry["spearman_vs_drop_one"] = {p: spearman(v, ref[p]) for p, v in entry["scores"].items() if p in ref}
         out[n] = entry
-    return {"scorers": out, "pathways": pathway_summary(ctx, out)}
+    return {"scorers": out, "pathways": pathway_summary(ctx, {**(precomputed or {}), **out})}
 
 
 def pathway_summary(ctx: ScoringContext, results: dict[str, Any]) -> dict[str, Any]:
