@@ -82,7 +82,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     results["pathways"] = pathway_summary(ctx, results["scorers"])
     analysis = {
         "model": {"path": str(model_path), "kind": kind, "class": type(model).__name__,
-                  "backbone": describe(handle)["backbone"] | {"blocks": None}},
+                  **{k: v for k, v in describe(handle).items() if k != "model_class"}},
         "calibration": cal.description,
         "loss": {"name": cal.loss.name, "likelihood": cal.loss.likelihood, "terms_per_sample": cal.loss.terms_per_sample},
         "pathways_scored": list(present),

@@ -93,10 +93,11 @@ def text_calibration(model: nn.Module, model_dir: str | Path, data: str | Path, 
     need = num_batches * batch_size
     rows = [texts[i % len(texts)] for i in _sample_rows(max(need, len(texts)), need, seed).tolist()]
     batches = []
+    device = next(model.parameters()).device
     for i in range(0, need, batch_size):
         enc = tok(rows[i:i + batch_size], padding="max_length", truncation=True, max_length=max_tokens,
                   return_tensors="pt")
-        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        batches.append({"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)})
     return Calibration(batches, lm_loss_spec(max_tokens), texts, tok,
                        {"dataset": str(data), "texts": len(texts), "samples": need, "batch_size": batch_size,
                         "seed": seed})
