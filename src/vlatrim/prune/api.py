@@ -1,0 +1,180 @@
+"""One pruning run, end to end: load -> plan -> (print) -> cut -> save with prune.json.
+
+The CLI (``vlatrim prune``) fills a :class:`PruneRequest` and calls :func:`make_plan` then
+:func:`execute`; library users can do the same, or call the selectors and ``apply_plan`` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from vlatrim.bench.params import params_by_component
+from vlatrim.errors import VlatrimError
+from vlatrim.prune.methods import PRUNE_METHODS
+from vlatrim.prune.methods.base import check_ratio
+from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
+from vlatrim.prune.plan import PrunePlan
+from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
+from vlatrim.prune.surgery import _locate, apply_plan, validate_plan
+from vlatrim.utils.hashing import dir_sha256
+from vlatrim.utils.io import read_json
+
+PRUNE_SCHEMA_VERSION = 1
+
+
+@dataclass
+class PruneRequest:
+    """What to cut. Depth comes from at most one of ``drop_blocks``, ``keep_first``, ``span`` or
+    ``scores`` (+ ``ratio`` / ``target_params`` / ``count``); widths and vocabulary combine with it."""
+
+    drop_blocks: list[int] | None = None  # explicit block indices to remove
+    keep_first: int | None = None  # keep blocks 0..k-1
+    scores: str | None = None  # analysis.json with block scores (and optionally head/MLP scores, span distances)
+    ratio: float | None = None  # with scores: fraction of the backbone's parameters to remove, in [0, 1)
+    target_params: int | None = None  # with scores: backbone parameter count to reach
+    count: int | None = None  # with scores: number of blocks to remove
+    span: int | None = None  # remove the contiguous span of this many blocks with the smallest angular distance
+    heads: list[int] | None = None  # query heads to keep: one value for every block, or one per block
+    head_mode: Literal["auto", "kv", "query"] = "auto"  # GQA rule for head removal
+    mlp_ratio: list[float] | None = None  # fraction of MLP channels to remove: one value, or one per block
+    vocab_from: str | None = None  # dataset dir (meta/tasks.parquet) or text file whose tokens are kept
+    drop_lm_head: bool = False  # remove the LM head (a VLA with a regression action head)
+    blocks_path: str | None = None  # override backbone detection with the block list's dotted path
+
+    def __post_init__(self) -> None:
+        depth = [n for n in ("drop_blocks", "keep_first", "span") if getattr(self, n) is not None]
+        budget = [n for n in ("ratio", "target_params", "count") if getattr(self, n) is not None]
+        if budget and self.scores is None:
+            raise VlatrimError(f"--{budget[0].replace('_', '-')} needs --scores analysis.json (the ranking to cut by)")
+        if len(budget) > 1:
+            raise VlatrimError(f"give one of --ratio, --target-params, --count, not {', '.join('--' + b.replace('_', '-') for b in budget)}")
+        if len(depth) + bool(budget) > 1:
+            raise VlatrimError("choose one way to pick blocks: --drop-blocks, --keep-first, --span, or --scores with a budget")
+        if self.span is not None and self.scores is None:
+            raise VlatrimError("--span needs --scores analysis.json holding angular distances")
+        if self.ratio is not None:
+            check_ratio(self.ratio)
+        for r in self.mlp_ratio or []:
+            check_ratio(r, "--mlp-ratio")
+        if not (depth or budget or self.heads or self.mlp_ratio or self.vocab_from or self.drop_lm_head):
+            raise VlatrimError("nothing to prune: give --drop-blocks, --keep-first, --span, --scores with "
+                               "--ratio/--target-params/--count, --heads, --mlp-ratio or --vocab-from")
+
+
+def _scores(path: str) -> dict[str, Any]:
+    data = read_json(path, "analysis file")
+    if not isinstance(data, dict):
+        raise VlatrimError(f"analysis file {path!r} is not a JSON object")
+    return data
+
+
+def block_scores_of(analysis: dict[str, Any], n_blocks: int, path: str) -> list[float]:
+    """Block importance from an analysis.json: ``blocks.scores`` (higher = more important)."""
+    blocks = analysis.get("blocks")
+    s = blocks.get("scores") if isinstance(blocks, dict) else None
+    if not isinstance(s, list):
+        raise VlatrimError(f"analysis file {path!r} has no blocks.scores list")
+    if len(s) != n_blocks:
+        raise VlatrimError(f"analysis file {path!r} scores {len(s)} blocks but the model has {n_blocks}")
+    return [float(x) for x in s]
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:  # no tokenizer files, or a tokenizer class this install lacks
+        raise VlatrimError(f"--vocab-from needs the model's tokenizer in {str(model_dir)!r} ({type(e).__name__})") from None
+
+
+def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path | None = None) -> tuple[PrunePlan, dict[str, int]]:
+    """Turn a request into a validated plan. Returns the plan and the parameters by component before."""
+    before = params_by_component(handle)
+    plan = PrunePlan()
+    analysis = _scores(req.scores) if req.scores else {}
+    if req.vocab_from is not None:
+        if model_dir is None:
+            raise VlatrimError("--vocab-from needs a model directory with a tokenizer")
+        tok = _tokenizer(model_dir)
+        used = token_ids_of(tok, texts_from_data(req.vocab_from))
+        plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, used, tok, drop_lm_head=req.drop_lm_head))
+    elif req.drop_lm_head:
+        plan = plan.merge(PrunePlan(drop_lm_head=True, methods=["drop-lm-head"]))
+    heads_scores = (analysis.get("heads") or {}).get("scores") if req.scores else None
+    mlp_scores = (analysis.get("mlp") or {}).get("scores") if req.scores else None
+    if req.heads is not None:
+        plan = plan.merge(PRUNE_METHODS.get("heads")(handle, req.heads, heads_scores, req.head_mode))
+    if req.mlp_ratio is not None:
+        plan = plan.merge(PRUNE_METHODS.get("mlp")(handle, req.mlp_ratio, mlp_scores))
+    if req.drop_blocks is not None:
+        plan = plan.merge(PRUNE_METHODS.get("drop-blocks")(handle, req.drop_blocks))
+    elif req.keep_first is not None:
+        plan = plan.merge(PRUNE_METHODS.get("keep-first")(handle, req.keep_first))
+    elif req.span is not None:
+        dist = analysis.get("angular_distance") or {}
+        plan = plan.merge(PRUNE_METHODS.get("angular-span")(handle, dist, req.span))
+    elif req.ratio is not None or req.target_params is not None or req.count is not None:
+        # The budget is met by the vocabulary cut first (tokens the task never uses cost nothing to
+        # remove), then by blocks in the scorer's order.
+        vocab_saving = 0
+        if plan.vocab is not None:
+            per_token = before["embedding"] // max(1, handle.vocab_size)
+            per_token += (before["lm_head"] // max(1, handle.vocab_size)) if before["lm_head"] else 0
+            vocab_saving = per_token * (handle.vocab_size - len(plan.vocab))
+        plan = plan.merge(PRUNE_METHODS.get("block-scores")(
+            handle, block_scores_of(analysis, handle.num_blocks, req.scores), count=req.count, ratio=req.ratio,
+            target_params=req.target_params, backbone_params=before["backbone"], already_removed=vocab_saving))
+    validate_plan(handle, plan)
+    return plan, before
+
+
+def source_hash(model: nn.Module, model_dir: Path | None) -> dict[str, str]:
+    if model_dir is not None:
+        return {"kind": "dir_sha256", "sha256": dir_sha256(model_dir)}
+    return {"kind": "state_dict_sha256", "sha256": state_dict_sha256(model)}
+
+
+def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, before: dict[str, int], out: str | Path,
+            model_dir: Path | None = None) -> dict[str, Any]:
+    """Cut ``model`` by ``plan``, save it to ``out`` with prune.json, and return the prune.json content."""
+    src = source_hash(model, model_dir)  # before the cut: the hash names the source model
+    t0 = time.perf_counter()
+    result = apply_plan(model, plan, handle)
+    after = params_by_component(result.handle)
+    report = {
+        "schema_version": PRUNE_SCHEMA_VERSION,
+        "source": {"path": str(model_dir) if model_dir else None, **src, "class": type(model).__name__},
+        "request": {k: v for k, v in dataclasses.asdict(req).items() if v not in (None, False)},
+        "plan": plan.to_json(),
+        "kept_blocks": result.kept_blocks,
+        "params": {"before": before, "after": after,
+                   "backbone_ratio_removed": 1.0 - after["backbone"] / before["backbone"]},
+        "widths": result.widths,
+        "reload": {"plain_from_pretrained": result.plain_reload,
+                   "class": type(result.model).__name__,
+                   "loader": (f"transformers.{type(result.model).__name__}.from_pretrained" if result.plain_reload
+                              else "vlatrim.prune.load_pruned")},
+        "vocab": ({"before": result.remap.old_size, "after": len(result.remap), "map": "vocab_map.json"}
+                  if result.remap is not None else None),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    save_pruned(result, out, report, source_dir=model_dir)
+    return report
+
+
+def load_for_pruning(model_dir: str | Path, blocks_path: str | None = None) -> tuple[nn.Module, Any, Path]:
+    """Load a checkpoint directory and locate its backbone."""
+    from vlatrim.models.adapters import locate_backbone
+
+    d = Path(model_dir)
+    if not (d / "config.json").is_file():
+        raise VlatrimError(f"--model {str(d)!r} is not a checkpoint directory (no config.json)")
+    model = load_pruned(d)
+    return model, locate_backbone(model, blocks_path), d
