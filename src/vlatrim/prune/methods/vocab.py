@@ -65,9 +65,13 @@ def vocab(handle: Any, used_ids: Iterable[int], tokenizer: Any = None, drop_lm_h
     """
     if handle.embedding_path is None:
         raise VlatrimError("--vocab-from: this model has no token embedding")
-    keep = set(int(i) for i in used_ids) | special_ids([handle.config, getattr(handle.root, "config", None)], tokenizer)
-    bad = sorted(i for i in keep if i >= handle.vocab_size)
+    keep = set(int(i) for i in used_ids)
+    bad = sorted(i for i in keep if not 0 <= i < handle.vocab_size)
     if bad:
         raise VlatrimError(f"token ids {bad[:5]} are outside the model's vocabulary of {handle.vocab_size}")
+    # Config defaults can name ids the embedding does not have (Idefics3's end_of_utterance_token_id on a
+    # small vocabulary): those tokens cannot occur, so only existing ones are kept.
+    specials = special_ids([handle.config, getattr(handle.root, "config", None)], tokenizer)
+    keep |= {i for i in specials if i < handle.vocab_size}
     return PrunePlan(vocab=sorted(keep), drop_lm_head=drop_lm_head, methods=["vocab"],
                      notes={"vocab_before": handle.vocab_size, "vocab_after": len(keep)})
