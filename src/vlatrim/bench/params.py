@@ -7,7 +7,7 @@ from typing import Any, Iterable
 from torch import nn
 
 
-def count_params(modules: nn.Module | Iterable[nn.Module | None], exclude: Iterable[nn.Module | None] = ()) -> int:
+def count_params(modules: nn.Module | Iterable[nn.Module | None] | None, exclude: Iterable[nn.Module | None] = ()) -> int:
     """Number of distinct parameters in ``modules``, minus any that belong to ``exclude``.
 
     A tensor shared by several modules (a tied embedding / LM head) counts once.
@@ -18,7 +18,7 @@ def count_params(modules: nn.Module | Iterable[nn.Module | None], exclude: Itera
     Returns:
         The parameter count.
     """
-    if isinstance(modules, nn.Module):
+    if modules is None or isinstance(modules, nn.Module):
         modules = [modules]
     skip = {id(p) for m in exclude if m is not None for p in m.parameters()}
     seen: set[int] = set()
