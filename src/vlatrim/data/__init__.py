@@ -1,0 +1,1 @@
+"""Robot datasets: Meta-World task specs and instructions, LeRobotDataset v3.0 read/write, demos."""

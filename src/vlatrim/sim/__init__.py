@@ -1,0 +1,1 @@
+"""Closed-loop simulation: offscreen rendering, the Meta-World env wrapper, policies, evaluation."""
