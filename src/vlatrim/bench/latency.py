@@ -26,9 +26,8 @@ def _sync(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
 def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10,
-                    device: torch.device | str | None = None) -> LatencyResult:
+                    device: torch.device | str | None = None, no_grad: bool = True) -> LatencyResult:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls, synchronising the device
     around each so asynchronous GPU work is counted.
 
@@ -37,11 +36,17 @@ def measure_latency(fn: Callable[[], object], warmup: int = 3, repeats: int = 10
         warmup: untimed calls first (allocator, caches, lazy init).
         repeats: timed calls.
         device: the device ``fn`` runs on; CUDA is synchronised.
+        no_grad: run under ``torch.no_grad()`` (inference); False to time training steps.
     Returns:
         A LatencyResult in milliseconds.
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    with torch.set_grad_enabled(not no_grad):
+        return _timed(fn, warmup, repeats, device)
+
+
+def _timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device | str | None) -> LatencyResult:
     for _ in range(warmup):
         fn()
     _sync(device)
