@@ -35,10 +35,15 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("an") / "analysis.json"
-    p.write_text(json.dumps({
-        "blocks": {"scorer": "test", "scores": [0.9, 0.1, 0.5]},
-        "angular_distance": {"1": [0.3, 0.1, 0.2], "2": [0.25, 0.4]},
-    }))
+    # The shape `vlatrim analyze` writes: per scorer, scores keyed by block-list path (blocks) or block
+    # path (heads / channels); the angular scorer's span matrix in extras.
+    p.write_text(json.dumps({"scorers": {
+        "drop_one": {"unit": "block", "scores": {"model.layers": [0.9, 0.1, 0.5]}, "extras": {}},
+        "cka": {"unit": "block", "scores": {"model.layers": [0.1, 0.9, 0.5]}, "extras": {}},
+        "angular": {"unit": "block", "scores": {"model.layers": [0.3, 0.1, 0.2]},
+                    "extras": {"spans": {"model.layers": [[0.3, 0.1, 0.2], [0.25, 0.4], [0.6]]}, "span": 1}},
+        "head_taylor": {"unit": "head", "scores": {f"model.layers.{b}": [1.0, 2.0, 3.0, 4.0] for b in range(3)}},
+    }}))
     return p
 
 
@@ -75,6 +80,41 @@ def test_scores_ratio_removes_lowest_blocks_to_budget(llama_dir: Path, analysis:
     out2 = tmp_path / "out2"
     assert _prune("--model", str(llama_dir), "--out", str(out2), "--scores", str(analysis), "--ratio", "0.3") == 0
     assert json.loads((out2 / "prune.json").read_text())["plan"]["drop_blocks"] == [1, 2]  # next lowest: 2
+    out3 = tmp_path / "out3"  # another scorer, another ranking
+    assert _prune("--model", str(llama_dir), "--out", str(out3), "--scores", str(analysis), "--scorer", "cka",
+                  "--count", "1") == 0
+    rep3 = json.loads((out3 / "prune.json").read_text())
+    assert rep3["plan"]["drop_blocks"] == [0] and rep3["plan"]["notes"]["block_scorer"] == "cka"
+
+
+def test_budget_takes_unused_vocabulary_before_blocks(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
+    data = json.loads(analysis.read_text())
+    data["scorers"]["vocabulary"] = {"unit": "token", "scores": {"model.embed_tokens": [1.0] * 96},
+                                     "extras": {"used_ids": list(range(10, 40))}}
+    an = tmp_path / "analysis_vocab.json"
+    an.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    # 0.2 of the backbone: the untied embedding + LM head rows of 96 - 33 unused tokens (63 x 32 x 2 = 4032
+    # of ~34k) are not enough, so one block (the lowest drop_one score, 1) goes too.
+    assert _prune("--model", str(llama_dir), "--out", str(out), "--scores", str(an), "--ratio", "0.2") == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["vocab"]["after"] == 33  # 30 used + pad/bos/eos (0, 1, 2)
+    assert rep["plan"]["drop_blocks"] == [1]
+    assert rep["plan"]["notes"]["vocab_params_removed"] == 63 * 32 * 2
+    assert rep["params"]["backbone_ratio_removed"] >= 0.2
+    out2 = tmp_path / "out2"
+    assert _prune("--model", str(llama_dir), "--out", str(out2), "--scores", str(an), "--ratio", "0.1") == 0
+    rep2 = json.loads((out2 / "prune.json").read_text())
+    # 0.1 of 34,016 = 3,402 parameters: the unused tokens alone (4,032) meet it, no block goes.
+    assert rep2["plan"]["drop_blocks"] == [] and rep2["vocab"]["after"] == 33
+
+
+def test_head_scores_from_analysis_pick_the_highest_groups(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # head_taylor scores rise with the head index: whole-group cuts keep KV group 1 (heads 2, 3).
+    assert _prune("--model", str(llama_dir), "--out", str(out), "--scores", str(analysis), "--heads", "2",
+                  "--head-mode", "kv") == 0
+    assert json.loads((out / "prune.json").read_text())["plan"]["heads"] == {str(b): [2, 3] for b in range(3)}
 
 
 def test_target_params_and_span_and_keep_first(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ class PruneCommand:
     scores: str | None = None
     """analysis.json from `vlatrim analyze`: block scores (with --ratio/--target-params/--count), angular
     distances (with --span), head and MLP scores (with --heads/--mlp-ratio)."""
+    scorer: str | None = None
+    """With --scores: the block scorer to rank by (default: drop_one, else gateprobe, block_influence, ...)."""
     ratio: float | None = None
     """With --scores: fraction of the backbone's parameters to remove, in [0, 1)."""
     target_params: int | None = None
@@ -62,6 +64,8 @@ class PruneCommand:
     """Fraction of MLP channels to remove, in [0, 1): one number, or one per block (comma-separated)."""
     vocab_from: str | None = None
     """Keep only the tokens of this dataset's task texts (LeRobot dir) or text file, plus special tokens."""
+    budget_vocab: bool = True
+    """With --scores and --ratio/--target-params: spend the budget first on tokens the analysis saw unused."""
     drop_lm_head: bool = False
     """Remove the LM head (for a VLA whose actions come from a regression head)."""
     blocks_path: str | None = None
@@ -79,7 +83,8 @@ class PruneCommand:
             ratio=self.ratio, target_params=self.target_params, count=self.count, span=self.span,
             heads=_ints(self.heads, "--heads"), head_mode=self.head_mode,
             mlp_ratio=_floats(self.mlp_ratio, "--mlp-ratio"), vocab_from=self.vocab_from,
-            drop_lm_head=self.drop_lm_head, blocks_path=self.blocks_path,
+            drop_lm_head=self.drop_lm_head, blocks_path=self.blocks_path, scorer=self.scorer,
+            budget_vocab=self.budget_vocab,
         )
         model, handle, model_dir = load_for_pruning(self.model, self.blocks_path)
         plan, before = make_plan(req, model, handle, model_dir)

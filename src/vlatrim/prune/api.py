@@ -16,6 +16,7 @@ from torch import nn
 
 from vlatrim.bench.params import params_by_component
 from vlatrim.errors import VlatrimError
+from vlatrim.prune.analysis_io import Analysis
 from vlatrim.prune.methods import PRUNE_METHODS
 from vlatrim.prune.methods.base import check_ratio
 from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
@@ -23,7 +24,6 @@ from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
 from vlatrim.prune.surgery import _locate, apply_plan, validate_plan
 from vlatrim.utils.hashing import dir_sha256
-from vlatrim.utils.io import read_json
 
 PRUNE_SCHEMA_VERSION = 1
 
@@ -35,7 +35,8 @@ class PruneRequest:
 
     drop_blocks: list[int] | None = None  # explicit block indices to remove
     keep_first: int | None = None  # keep blocks 0..k-1
-    scores: str | None = None  # analysis.json with block scores (and optionally head/MLP scores, span distances)
+    scores: str | None = None  # analysis.json from `vlatrim analyze` (block, head, channel, span, vocabulary results)
+    scorer: str | None = None  # which block scorer of the analysis ranks blocks (default: drop_one, gateprobe, ...)
     ratio: float | None = None  # with scores: fraction of the backbone's parameters to remove, in [0, 1)
     target_params: int | None = None  # with scores: backbone parameter count to reach
     count: int | None = None  # with scores: number of blocks to remove
@@ -46,6 +47,7 @@ class PruneRequest:
     vocab_from: str | None = None  # dataset dir (meta/tasks.parquet) or text file whose tokens are kept
     drop_lm_head: bool = False  # remove the LM head (a VLA with a regression action head)
     blocks_path: str | None = None  # override backbone detection with the block list's dotted path
+    budget_vocab: bool = True  # with a budget: spend it first on tokens the analysis saw unused
 
     def __post_init__(self) -> None:
         depth = [n for n in ("drop_blocks", "keep_first", "span") if getattr(self, n) is not None]
@@ -67,30 +69,14 @@ class PruneRequest:
                                "--ratio/--target-params/--count, --heads, --mlp-ratio or --vocab-from")
 
 
-def _scores(path: str) -> dict[str, Any]:
-    data = read_json(path, "analysis file")
-    if not isinstance(data, dict):
-        raise VlatrimError(f"analysis file {path!r} is not a JSON object")
-    return data
-
-
-def block_scores_of(analysis: dict[str, Any], n_blocks: int, path: str) -> list[float]:
-    """Block importance from an analysis.json: ``blocks.scores`` (higher = more important)."""
-    blocks = analysis.get("blocks")
-    s = blocks.get("scores") if isinstance(blocks, dict) else None
-    if not isinstance(s, list):
-        raise VlatrimError(f"analysis file {path!r} has no blocks.scores list")
-    if len(s) != n_blocks:
-        raise VlatrimError(f"analysis file {path!r} scores {len(s)} blocks but the model has {n_blocks}")
-    return [float(x) for x in s]
-
-
-def _tokenizer(model_dir: Path) -> Any:
+def _tokenizer(model_dir: Path, required: bool = True) -> Any:
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:  # no tokenizer files, or a tokenizer class this install lacks
+        if not required:
+            return None  # special tokens then come from the config's *_token_id fields alone
         raise VlatrimError(f"--vocab-from needs the model's tokenizer in {str(model_dir)!r} ({type(e).__name__})") from None
 
 
@@ -98,39 +84,44 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
     """Turn a request into a validated plan. Returns the plan and the parameters by component before."""
     before = params_by_component(handle)
     plan = PrunePlan()
-    analysis = _scores(req.scores) if req.scores else {}
+    analysis = Analysis(req.scores) if req.scores else None
+    budget = req.ratio is not None or req.target_params is not None
+    tok = None
+    if req.vocab_from is not None or (budget and req.budget_vocab and analysis and analysis.used_token_ids() is not None):
+        tok = _tokenizer(model_dir, required=req.vocab_from is not None) if model_dir is not None else None
     if req.vocab_from is not None:
-        if model_dir is None:
+        if tok is None:
             raise VlatrimError("--vocab-from needs a model directory with a tokenizer")
-        tok = _tokenizer(model_dir)
         used = token_ids_of(tok, texts_from_data(req.vocab_from))
         plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, used, tok, drop_lm_head=req.drop_lm_head))
+    elif budget and req.budget_vocab and analysis is not None and analysis.used_token_ids() is not None:
+        # Tokens the task never uses are the cheapest parameters to remove: the budget takes them first.
+        plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, analysis.used_token_ids(), tok, drop_lm_head=req.drop_lm_head))
     elif req.drop_lm_head:
         plan = plan.merge(PrunePlan(drop_lm_head=True, methods=["drop-lm-head"]))
-    heads_scores = (analysis.get("heads") or {}).get("scores") if req.scores else None
-    mlp_scores = (analysis.get("mlp") or {}).get("scores") if req.scores else None
     if req.heads is not None:
-        plan = plan.merge(PRUNE_METHODS.get("heads")(handle, req.heads, heads_scores, req.head_mode))
+        hs = analysis.head_scores(handle) if analysis and analysis.has("head") else None  # else magnitude
+        plan = plan.merge(PRUNE_METHODS.get("heads")(handle, req.heads, hs, req.head_mode))
     if req.mlp_ratio is not None:
-        plan = plan.merge(PRUNE_METHODS.get("mlp")(handle, req.mlp_ratio, mlp_scores))
+        cs = analysis.channel_scores(handle) if analysis and analysis.has("channel") else None  # else magnitude
+        plan = plan.merge(PRUNE_METHODS.get("mlp")(handle, req.mlp_ratio, cs))
     if req.drop_blocks is not None:
         plan = plan.merge(PRUNE_METHODS.get("drop-blocks")(handle, req.drop_blocks))
     elif req.keep_first is not None:
         plan = plan.merge(PRUNE_METHODS.get("keep-first")(handle, req.keep_first))
     elif req.span is not None:
-        dist = analysis.get("angular_distance") or {}
-        plan = plan.merge(PRUNE_METHODS.get("angular-span")(handle, dist, req.span))
-    elif req.ratio is not None or req.target_params is not None or req.count is not None:
-        # The budget is met by the vocabulary cut first (tokens the task never uses cost nothing to
-        # remove), then by blocks in the scorer's order.
+        plan = plan.merge(PRUNE_METHODS.get("angular-span")(handle, analysis.span_distances(handle), req.span))
+    elif budget or req.count is not None:
         vocab_saving = 0
         if plan.vocab is not None:
-            per_token = before["embedding"] // max(1, handle.vocab_size)
-            per_token += (before["lm_head"] // max(1, handle.vocab_size)) if before["lm_head"] else 0
+            per_token = handle.hidden_size * (2 if before["lm_head"] else 1)
             vocab_saving = per_token * (handle.vocab_size - len(plan.vocab))
+        name, scores = analysis.block_scores(handle, req.scorer)
         plan = plan.merge(PRUNE_METHODS.get("block-scores")(
-            handle, block_scores_of(analysis, handle.num_blocks, req.scores), count=req.count, ratio=req.ratio,
-            target_params=req.target_params, backbone_params=before["backbone"], already_removed=vocab_saving))
+            handle, scores, count=req.count, ratio=req.ratio, target_params=req.target_params,
+            backbone_params=before["backbone"], already_removed=vocab_saving))
+        plan.notes["block_scorer"] = name
+        plan.notes["vocab_params_removed"] = vocab_saving
     validate_plan(handle, plan)
     return plan, before
 
