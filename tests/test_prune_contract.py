@@ -244,3 +244,40 @@ def test_generate_with_kv_cache_after_depth_pruning(arch: str) -> None:
     # Greedy decoding with the cache must pick the same tokens as recomputing everything each step:
     # a stale layer index would read another block's keys and values.
     assert torch.equal(cached, uncached)
+
+
+def test_vocab_cut_keeps_image_tokens_working_in_a_vlm() -> None:
+    """LLaVA with an image: the image placeholder id lives in the config; after the vocabulary cut it is
+    remapped with the rest, and the model sees exactly the same inputs (same logits over kept tokens)."""
+    model = fresh("llava")
+    h = locate_backbone(model)
+    img_id = model.config.image_token_index
+    n_img = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    ids = torch.tensor([[1] + [img_id] * n_img + [10, 12, 14, 16]])  # (1, 1 + n_img + 4)
+    pixels = torch.randn(1, 3, model.config.vision_config.image_size, model.config.vision_config.image_size,
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(input_ids=ids, pixel_values=pixels).logits
+    plan = PRUNE_METHODS.get("vocab")(h, [10, 12, 14, 16])
+    assert img_id in plan.vocab  # kept as a special token named by the config
+    result = apply_plan(model, plan, h)
+    new_img = int(result.remap.to_new([img_id])[0])
+    assert result.model.config.image_token_index == new_img == len(plan.vocab) - 1
+    with torch.no_grad():
+        out = result.model(input_ids=result.remap.to_new(ids), pixel_values=pixels).logits
+    # Same embeddings and image features; only the LM head's matmul has fewer rows (float reassociation).
+    torch.testing.assert_close(out, ref[..., plan.vocab], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_drop_lm_head_leaves_the_base_model(arch: str, tmp_path: Path) -> None:
+    model = fresh(arch)
+    h = locate_backbone(model)
+    ids = token_ids(h)
+    with torch.no_grad():
+        ref = model.model(input_ids=ids).last_hidden_state
+    result = apply_plan(model, PrunePlan(drop_lm_head=True), h)
+    assert result.handle.lm_head_path is None and type(result.model).__name__.endswith("Model")
+    assert count_params(result.model) == count_params(model) - h.vocab_size * h.hidden_size  # untied head gone
+    save_pruned(result, tmp_path / "out", {})
+    torch.testing.assert_close(run(load_pruned(tmp_path / "out"), ids), ref, rtol=0, atol=0)

@@ -9,7 +9,7 @@ them together for the CLI.
 """
 
 from vlatrim.prune.plan import PrunePlan
-from vlatrim.prune.save import load_pruned, load_tokenizer, save_pruned
+from vlatrim.prune.save import load_pruned, load_tokenizer, narrow_to_recorded_widths, save_pruned
 from vlatrim.prune.surgery import SurgeryResult, apply_plan
 
-__all__ = ["PrunePlan", "SurgeryResult", "apply_plan", "load_pruned", "load_tokenizer", "save_pruned"]
+__all__ = ["PrunePlan", "SurgeryResult", "apply_plan", "load_pruned", "load_tokenizer", "narrow_to_recorded_widths", "save_pruned"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vlatrim.errors import VlatrimError
+from vlatrim.models.adapters.load import VLATRIM_MODEL_TYPES, load_model
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.surgery import WIDTHS_KEY, SurgeryResult, _cut_block_width, _locate
 from vlatrim.prune.vocab import RemappedTokenizer, TokenRemap
@@ -52,13 +53,22 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
             for f in sorted(Path(source_dir).iterdir()):
                 if f.is_file() and f.name != "config.json" and f.name != PRUNE_JSON and not f.name.endswith(_WEIGHT_SUFFIXES):
                     shutil.copy2(f, tmp / f.name)
-        # A checkpoint that needs vlatrim's loader stores tensors under the model's own parameter names
-        # (no legacy-key conversion), so the loader can read them with safetensors directly.
-        result.model.save_pretrained(tmp, save_original_format=result.plain_reload)
+        _save_model(result, tmp)
         if result.remap is not None:
             write_json_atomic(tmp / VOCAB_MAP, result.remap.to_json())
         write_json_atomic(tmp / PRUNE_JSON, report)
     return out
+
+
+def _save_model(result: SurgeryResult, tmp: Path) -> None:
+    from transformers import PreTrainedModel
+
+    if isinstance(result.model, PreTrainedModel):
+        # A checkpoint that needs vlatrim's loader stores tensors under the model's own parameter names
+        # (no legacy-key conversion), so the loader can read them with safetensors directly.
+        result.model.save_pretrained(tmp, save_original_format=result.plain_reload)
+    else:  # the reference VLA (or another vlatrim model): its own HF-style save, backbone config inside
+        result.model.save_pretrained(tmp)
 
 
 def _model_class(config_json: dict[str, Any]) -> type:
@@ -74,11 +84,22 @@ def _model_class(config_json: dict[str, Any]) -> type:
         "(vlatrim never runs remote code)")
 
 
-def _narrow_to_widths(model: nn.Module, widths: dict[str, list[int]], locate: Callable[[nn.Module], Any]) -> None:
-    """Cut a freshly built model down to recorded per-block widths (which indices does not matter:
-    the weights loaded next overwrite them). Kept query heads are GQA-consistent: the first
-    ``num_kv_heads`` groups, the first heads of each."""
+def narrow_to_recorded_widths(model: nn.Module, locate: Callable[[nn.Module], Any] = _locate) -> bool:
+    """Cut a model freshly built from a pruned config down to the per-block widths recorded in its
+    backbone config (``vlatrim_block_widths``), so the pruned weights load into it. Which rows are kept
+    does not matter (the weights loaded next overwrite them); kept query heads are GQA-consistent (the
+    first ``num_kv_heads`` groups, the first heads of each).
+
+    Model builders that construct a backbone from a stored config (the reference VLA) call this
+    between building and loading weights.
+
+    Returns:
+        True if the config recorded widths (and the model was cut), False if there was nothing to do.
+    """
     h = locate(model)
+    widths = getattr(h.config, WIDTHS_KEY, None)
+    if not widths:
+        return False
     heads, mlp = {}, {}
     for b, lay in enumerate(h.layouts):
         att = lay.attention
@@ -91,6 +112,7 @@ def _narrow_to_widths(model: nn.Module, widths: dict[str, list[int]], locate: Ca
     plan = PrunePlan(heads=heads, mlp=mlp)
     for b in sorted(set(heads) | set(mlp)):
         _cut_block_width(h, b, plan)
+    return True
 
 
 def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
@@ -122,14 +144,16 @@ def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callabl
     """
     path = Path(path)
     cfg_json = read_json(path / "config.json", "model config")
+    if model_cls is None and cfg_json.get("model_type") in VLATRIM_MODEL_TYPES:
+        return load_model(path)[0].eval()  # the reference VLA: its own from_pretrained
     cls = model_cls or _model_class(cfg_json)
     text_json = cfg_json.get("text_config") if isinstance(cfg_json.get("text_config"), dict) else {}
     if WIDTHS_KEY not in cfg_json and WIDTHS_KEY not in text_json:
         return cls.from_pretrained(path).eval()
     config = cls.config_class.from_pretrained(path)
     model = cls(config)
+    narrow_to_recorded_widths(model, locate)
     h = locate(model)
-    _narrow_to_widths(model, getattr(h.config, WIDTHS_KEY), locate)
     state = _load_safetensors_dir(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if k.endswith("weight") and h.lm_head_tied and h.lm_head_path and k.startswith(h.lm_head_path)}
