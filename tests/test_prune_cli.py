@@ -163,8 +163,12 @@ def test_vocab_from_text_keeps_inputs_identical(tmp_path: Path) -> None:
     assert _prune("--model", str(src), "--out", str(out), "--vocab-from", str(data)) == 0
     rep = json.loads((out / "prune.json").read_text())
     assert rep["vocab"]["before"] == 30522 and rep["vocab"]["after"] < 50
+    assert rep["vocab"]["tokenizer"] == "rewritten"  # WordPiece: a plain tokenizer with the new ids
+    from transformers import AutoTokenizer
+
     orig, pruned = load_pruned(src), load_pruned(out)
-    tok0, tok1 = load_tokenizer(src), load_tokenizer(out)
+    tok0, tok1 = load_tokenizer(src), AutoTokenizer.from_pretrained(out)
+    assert len(tok1) == rep["vocab"]["after"]
     for t in texts:
         e0, e1 = tok0(t, return_tensors="pt"), tok1(t, return_tensors="pt")
         assert not torch.equal(e0["input_ids"], e1["input_ids"])  # the ids changed ...

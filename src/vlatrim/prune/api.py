@@ -22,7 +22,8 @@ from vlatrim.prune.methods.base import check_ratio
 from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
-from vlatrim.prune.surgery import _locate, apply_plan, validate_plan
+from vlatrim.prune.surgery import apply_plan, validate_plan
+from vlatrim.prune.tokenizer import agrees, can_rewrite, rewrite_wordpiece
 from vlatrim.utils.hashing import dir_sha256
 
 PRUNE_SCHEMA_VERSION = 1
@@ -88,12 +89,16 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
     budget = req.ratio is not None or req.target_params is not None
     tok = None
     if req.vocab_from is not None or (budget and req.budget_vocab and analysis and analysis.used_token_ids() is not None):
-        tok = _tokenizer(model_dir, required=req.vocab_from is not None) if model_dir is not None else None
+        tok = getattr(model, "tokenizer", None)  # a VLA that tokenizes for itself (the reference VLA)
+        if tok is None and model_dir is not None:
+            tok = _tokenizer(model_dir, required=req.vocab_from is not None)
     if req.vocab_from is not None:
         if tok is None:
             raise VlatrimError("--vocab-from needs a model directory with a tokenizer")
-        used = token_ids_of(tok, texts_from_data(req.vocab_from))
+        texts = texts_from_data(req.vocab_from)
+        used = token_ids_of(tok, texts)
         plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, used, tok, drop_lm_head=req.drop_lm_head))
+        plan.notes["vocab_texts"] = texts
     elif budget and req.budget_vocab and analysis is not None and analysis.used_token_ids() is not None:
         # Tokens the task never uses are the cheapest parameters to remove: the budget takes them first.
         plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, analysis.used_token_ids(), tok, drop_lm_head=req.drop_lm_head))
@@ -122,6 +127,9 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
             backbone_params=before["backbone"], already_removed=vocab_saving))
         plan.notes["block_scorer"] = name
         plan.notes["vocab_params_removed"] = vocab_saving
+    if plan.vocab is not None and getattr(model, "tokenizer", None) is not None and not can_rewrite(model.tokenizer):
+        raise VlatrimError(f"vocabulary: {type(model).__name__} tokenizes with its own {type(model.tokenizer).__name__}, "
+                           "which vlatrim can only rewrite when it is WordPiece; prune the vocabulary of this model's backbone checkpoint instead")
     validate_plan(handle, plan)
     return plan, before
 
@@ -137,7 +145,21 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
     """Cut ``model`` by ``plan``, save it to ``out`` with prune.json, and return the prune.json content."""
     src = source_hash(model, model_dir)  # before the cut: the hash names the source model
     t0 = time.perf_counter()
+    old_tok = None
+    if plan.vocab is not None:
+        old_tok = getattr(model, "tokenizer", None) or (_tokenizer(model_dir, required=False) if model_dir else None)
     result = apply_plan(model, plan, handle)
+    tokenizer_kind = None
+    if result.remap is not None and old_tok is not None:
+        new_tok = rewrite_wordpiece(old_tok, result.remap)
+        texts = plan.notes.get("vocab_texts") or []
+        if new_tok is not None and agrees(old_tok, new_tok, result.remap, texts):
+            result.tokenizer = new_tok
+            tokenizer_kind = "rewritten"
+            if hasattr(result.model, "tokenizer"):  # a VLA that tokenizes for itself saves its own tokenizer
+                result.model.tokenizer = new_tok
+        else:
+            tokenizer_kind = "vocab_map"  # load with vlatrim.prune.load_tokenizer
     after = params_by_component(result.handle)
     report = {
         "schema_version": PRUNE_SCHEMA_VERSION,
@@ -150,14 +172,20 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
         "widths": result.widths,
         "reload": {"plain_from_pretrained": result.plain_reload,
                    "class": type(result.model).__name__,
-                   "loader": (f"transformers.{type(result.model).__name__}.from_pretrained" if result.plain_reload
-                              else "vlatrim.prune.load_pruned")},
-        "vocab": ({"before": result.remap.old_size, "after": len(result.remap), "map": "vocab_map.json"}
+                   "loader": (f"{_public_module(result.model)}.{type(result.model).__name__}.from_pretrained"
+                              if result.plain_reload else "vlatrim.prune.load_pruned")},
+        "vocab": ({"before": result.remap.old_size, "after": len(result.remap), "map": "vocab_map.json",
+                   "tokenizer": tokenizer_kind}
                   if result.remap is not None else None),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     save_pruned(result, out, report, source_dir=model_dir)
     return report
+
+
+def _public_module(model: nn.Module) -> str:
+    mod = type(model).__module__
+    return "transformers" if mod.startswith("transformers.") else mod
 
 
 def load_for_pruning(model_dir: str | Path, blocks_path: str | None = None) -> tuple[nn.Module, Any, Path]:

@@ -54,8 +54,10 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
                 if f.is_file() and f.name != "config.json" and f.name != PRUNE_JSON and not f.name.endswith(_WEIGHT_SUFFIXES):
                     shutil.copy2(f, tmp / f.name)
         _save_model(result, tmp)
+        if result.tokenizer is not None and not hasattr(result.model, "tokenizer"):
+            result.tokenizer.save_pretrained(tmp)  # replaces the copied tokenizer files
         if result.remap is not None:
-            write_json_atomic(tmp / VOCAB_MAP, result.remap.to_json())
+            write_json_atomic(tmp / VOCAB_MAP, {**result.remap.to_json(), "tokenizer_rewritten": result.tokenizer is not None})
         write_json_atomic(tmp / PRUNE_JSON, report)
     return out
 
@@ -174,5 +176,7 @@ def load_tokenizer(path: str | Path) -> Any:
     path = Path(path)
     tok = AutoTokenizer.from_pretrained(path)
     if (path / VOCAB_MAP).is_file():
-        return RemappedTokenizer(tok, TokenRemap.from_json(read_json(path / VOCAB_MAP, "vocabulary map")))
+        vmap = read_json(path / VOCAB_MAP, "vocabulary map")
+        if not vmap.get("tokenizer_rewritten"):  # the saved tokenizer still speaks the old ids
+            return RemappedTokenizer(tok, TokenRemap.from_json(vmap))
     return tok

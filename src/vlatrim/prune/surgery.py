@@ -38,6 +38,7 @@ class SurgeryResult:
     remap: TokenRemap | None = None  # token-id mapping when the vocabulary was cut
     plain_reload: bool = True  # the model's own from_pretrained rebuilds these shapes
     widths: dict[str, list[int]] = field(default_factory=dict)  # per-block num_heads / num_kv_heads / intermediate_size
+    tokenizer: Any = None  # after a vocabulary cut: a rewritten tokenizer speaking the new ids (WordPiece), else None
 
 
 def validate_plan(handle: Any, plan: PrunePlan) -> None:
@@ -109,6 +110,17 @@ def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+def _reproduces(fresh: dict[str, tuple[int, ...]] | None, live: dict[str, tuple[int, ...]], blocks_key: str) -> bool:
+    """A model built from the config reproduces the live one: every live tensor exists with its shape,
+    and nothing extra sits in the blocks (an extra module elsewhere, like a pooler the VLA dropped, is
+    the class's own business)."""
+    if fresh is None:
+        return False
+    if any(fresh.get(k) != v for k, v in live.items()):
+        return False
+    return not any(k.startswith(blocks_key) for k in set(fresh) - set(live))
+
+
 def _fresh_shapes(owner: nn.Module, config: Any) -> dict[str, tuple[int, ...]] | None:
     """Shapes of a model built from ``config`` by the owner's own class (on the meta device: free)."""
     try:
@@ -147,7 +159,8 @@ def write_width_config(handle: Any, before: dict[str, Any]) -> tuple[bool, dict[
         cfg.__dict__[k] = v  # bypass per-field validation: the shape check below is the real test
     if hasattr(cfg, WIDTHS_KEY):
         del cfg.__dict__[WIDTHS_KEY]
-    plain = _fresh_shapes(handle.owner, cfg) == _shapes(handle.owner)
+    blocks_key = handle.blocks_path[len(handle.owner_path) + 1:] if handle.owner_path else handle.blocks_path
+    plain = _reproduces(_fresh_shapes(handle.owner, cfg), _shapes(handle.owner), blocks_key + ".")
     if not plain:
         for k in fields:
             if k in before:
