@@ -148,7 +148,12 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
     old_tok = None
     if plan.vocab is not None:
         old_tok = getattr(model, "tokenizer", None) or (_tokenizer(model_dir, required=False) if model_dir else None)
-    result = apply_plan(model, plan, handle)
+    if req.blocks_path and not plan.drop_lm_head:  # re-locate the cut model at the same user-given path
+        from vlatrim.models.adapters import locate_backbone
+
+        result = apply_plan(model, plan, handle, locate=lambda m: locate_backbone(m, req.blocks_path))
+    else:
+        result = apply_plan(model, plan, handle)
     tokenizer_kind = None
     if result.remap is not None and old_tok is not None:
         new_tok = rewrite_wordpiece(old_tok, result.remap)
