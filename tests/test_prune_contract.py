@@ -159,11 +159,14 @@ def test_contract(arch: str, method: str, tmp_path: Path) -> None:
     plan = METHODS[method](h)
     assert plan.drop_blocks or plan.heads or plan.mlp or plan.vocab is not None, "the method removed nothing"
     expected = expected_params(h, plan)
-    post_norm = not h.is_decoder  # BERT: LayerNorm after the residual sum, so a block cannot be made an identity
+    # BERT normalises after each residual sum: a block with zeroed updates still applies LayerNorm twice.
+    # The tiny model's LayerNorms are at their init (weight 1, bias 0) and every block's input is already
+    # such a LayerNorm's output, so the extra normalisations change it only by eps (1e-12) and float32
+    # rounding of the recomputed mean/variance (~2e-7 seen); 1e-5 leaves room across platforms.
+    post_norm = not h.is_decoder
 
     # Reference: the same model with everything the plan removes zeroed first.
-    if not (post_norm and plan.drop_blocks):
-        make_noops(h, plan)
+    make_noops(h, plan)
     kept_vocab = plan.vocab
     ids = token_ids(h, kept_vocab)
     ref = run(model, ids)
@@ -183,7 +186,9 @@ def test_contract(arch: str, method: str, tmp_path: Path) -> None:
     # removing no-op parts leaves the outputs unchanged
     if plan.vocab is not None:
         ref = ref[..., plan.vocab] if ref.shape[-1] == VOCAB else ref  # logits over the kept tokens
-    if not (post_norm and plan.drop_blocks):
+    if post_norm and plan.drop_blocks:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)  # rounding-level, see above
+    else:
         if plan.heads or plan.mlp or plan.vocab is not None:
             # A smaller matmul sums the surviving terms in a different order than the full one did
             # (the zeroed terms were exact zeros), and an LM head with fewer rows may block its matmul
