@@ -179,6 +179,31 @@ def test_vocab_from_text_keeps_inputs_identical(tmp_path: Path) -> None:
         assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
 
 
+def test_vocab_from_lerobot_dataset(tmp_path: Path) -> None:
+    """--vocab-from a LeRobot v3 dataset: its task texts (meta/tasks.parquet) decide the vocabulary."""
+    import numpy as np
+
+    from vlatrim.data.lerobot import LeRobotWriter, metaworld_features
+
+    src = _minilm_dir()
+    if not (src / "config.json").is_file():
+        pytest.skip("MiniLM package has no model directory")
+    rng = np.random.default_rng(0)
+    ds = tmp_path / "ds"
+    with LeRobotWriter(ds, metaworld_features(8), fps=80, robot_type="sawyer") as w:
+        for task in ("pull the drawer open", "push the drawer closed"):
+            w.add_episode({"observation.images.corner": rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8),
+                           "observation.state": np.zeros((2, 4), np.float32),
+                           "action": np.zeros((2, 4), np.float32), "next.success": np.array([False, True])}, task)
+    out = tmp_path / "out"
+    assert _prune("--model", str(src), "--out", str(out), "--vocab-from", str(ds), "--keep-first", "2") == 0
+    rep = json.loads((out / "prune.json").read_text())
+    tok = load_tokenizer(src)
+    words = {i for t in ("pull the drawer open", "push the drawer closed") for i in tok(t)["input_ids"]}
+    assert set(rep["plan"]["vocab"]) == words | set(tok.all_special_ids)
+    assert rep["kept_blocks"] == [0, 1]
+
+
 BAD = [
     (["--drop-blocks", "0,1,2"], "removing all 3 blocks"),
     (["--drop-blocks", "1,7"], "index 7 out of range; valid: 0..2"),

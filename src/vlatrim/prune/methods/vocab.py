@@ -30,15 +30,12 @@ def texts_from_data(path: str | Path) -> list[str]:
     """The task texts of a dataset: the instructions in a LeRobotDataset's ``meta/tasks.parquet``, or
     the lines of a text file."""
     path = Path(path)
-    tasks = path / "meta" / "tasks.parquet"
-    if tasks.is_file():
-        import pyarrow.parquet as pq
+    if (path / "meta" / "tasks.parquet").is_file():
+        from vlatrim.data.lerobot import LeRobotDataset
 
-        table = pq.read_table(tasks)
-        texts = [v for col in table.column_names if str(table.schema.field(col).type) in ("string", "large_string")
-                 for v in table.column(col).to_pylist() if v]
+        texts = [t for t in LeRobotDataset(path).tasks if t]  # the data package's reader: one text per task_index
         if not texts:
-            raise VlatrimError(f"{str(tasks)!r} holds no task texts")
+            raise VlatrimError(f"dataset {str(path)!r} holds no task texts")
         return texts
     if path.is_file():
         return [line for line in path.read_text().splitlines() if line.strip()]
