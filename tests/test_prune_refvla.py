@@ -90,14 +90,49 @@ def test_vocab_cut_keeps_actions_and_rewrites_the_vla_tokenizer(vla_dir: Path, t
 
 
 def test_uniform_width_cut_reloads_with_the_vla_loader(vla_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
     vla = reference.ReferenceVLA.from_pretrained(vla_dir)
-    heads = locate_backbone(vla).layouts[0].attention.num_heads
-    assert main(["prune", "--model", str(vla_dir), "--out", str(out), "--heads", str(heads // 2),
-                 "--mlp-ratio", "0.25"]) == 0
+    h = locate_backbone(vla)
+    att = h.layouts[0].attention
+    # A GQA decoder can halve its heads in whole KV groups and still reload plainly; BERT derives its head
+    # width from hidden_size / heads, so a head cut there needs vlatrim's widths (next test).
+    heads = ["--heads", str(att.num_heads // 2), "--head-mode", "kv"] if att.num_kv_heads < att.num_heads else []
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(vla_dir), "--out", str(out), *heads, "--mlp-ratio", "0.25"]) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["reload"]["plain_from_pretrained"]
     pruned = reference.ReferenceVLA.from_pretrained(out)
-    h = locate_backbone(pruned)
-    assert [l.attention.num_heads for l in h.layouts] == [heads // 2] * h.num_blocks
+    hp = locate_backbone(pruned)
+    assert [l.mlp.intermediate_size for l in hp.layouts] == [h.layouts[0].mlp.intermediate_size * 3 // 4] * hp.num_blocks
+    if heads:
+        assert [l.attention.num_heads for l in hp.layouts] == [att.num_heads // 2] * hp.num_blocks
     img, st = _obs()
     a = pruned.predict_action(img, st, TASKS)
     assert a.shape == (2, 4, 4) and torch.isfinite(torch.as_tensor(np.asarray(a))).all()
+
+
+def _builder_narrows() -> bool:
+    """Whether the reference VLA's backbone builder applies recorded per-block widths."""
+    from vlatrim.models.backbones import build_backbone_from_config
+
+    cfg = dict(model_type="llama", vocab_size=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, intermediate_size=8,
+               vlatrim_block_widths={"num_heads": [4, 2], "num_kv_heads": [2, 1], "intermediate_size": [8, 8]})
+    b = build_backbone_from_config(cfg)
+    return locate_backbone(b).layouts[1].attention.num_heads == 2
+
+
+def test_per_block_widths_reload_in_the_vla(tmp_path: Path) -> None:
+    if not _builder_narrows():
+        pytest.skip("vlatrim.models.backbones.build_backbone_from_config does not yet call "
+                    "vlatrim.prune.narrow_to_recorded_widths (per-block widths cannot reload into the VLA)")
+    src = tmp_path / "src"
+    _vla("tiny-llama").save_pretrained(src)
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(src), "--out", str(out), "--heads", "4,2"]) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["reload"]["loader"] == "vlatrim.prune.load_pruned"
+    pruned = reference.ReferenceVLA.from_pretrained(out)
+    assert [l.attention.num_heads for l in locate_backbone(pruned).layouts] == [4, 2]
+    img, st = _obs()
+    torch.testing.assert_close(load_pruned(out).predict_action(img, st, TASKS), pruned.predict_action(img, st, TASKS),
+                               rtol=0, atol=0)
