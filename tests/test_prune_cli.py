@@ -179,6 +179,15 @@ def test_vocab_from_text_keeps_inputs_identical(tmp_path: Path) -> None:
         assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
 
 
+def test_plain_mlp_at_hidden_width_is_refused_before_cutting(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "bert"
+    TINY_MODELS.get("bert")().save_pretrained(src)  # hidden 32, MLP 64
+    out = tmp_path / "out"
+    assert _prune("--model", str(src), "--out", str(out), "--mlp-ratio", "0.5") == 2
+    assert "would keep exactly 32 channels, the hidden size" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_vocab_from_lerobot_dataset(tmp_path: Path) -> None:
     """--vocab-from a LeRobot v3 dataset: its task texts (meta/tasks.parquet) decide the vocabulary."""
     import numpy as np

@@ -62,6 +62,12 @@ def validate_plan(handle: Any, plan: PrunePlan) -> None:
         if mlp is None:
             raise VlatrimError(f"mlp: block {b} has no MLP layout vlatrim can cut")
         as_index(chans, mlp.intermediate_size, f"MLP channels of block {b}")
+        if mlp.kind == "plain" and len(set(chans)) == handle.hidden_size:
+            # The adapters tell a plain MLP's up and down projections apart by their shapes; at width ==
+            # hidden size both are square and the cut model could not be located again.
+            raise VlatrimError(f"mlp: block {b} would keep exactly {handle.hidden_size} channels, the hidden size, "
+                               f"which vlatrim cannot tell apart in a {type(handle.blocks[b]).__name__}; keep "
+                               f"{handle.hidden_size - 1} or {handle.hidden_size + 1}")
     if plan.vocab is not None:
         if handle.embedding_path is None:
             raise VlatrimError("vocabulary: this model has no token embedding to shrink")
