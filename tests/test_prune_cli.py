@@ -229,6 +229,12 @@ BAD = [
     (["--drop-blocks", "1", "--keep-first", "2"], "choose one way to pick blocks"),
     ([], "nothing to prune"),
     (["--drop-blocks", "a,b"], "not a comma-separated list of integers"),
+    (["--scores", "{analysis}", "--target-params", "99999999"], "is outside (0, 34016]"),
+    (["--scores", "{analysis}", "--count", "3"], "block count 3 out of range; valid: 0..2"),
+    (["--scores", "{analysis}", "--span", "3"], "span length 3 out of range; valid: 1..2"),
+    (["--scores", "{analysis}", "--scorer", "nope", "--count", "1"], "has no block scorer 'nope'; it has: angular, cka, drop_one"),
+    (["--heads", "2,2"], "--heads: 2 values for 3 blocks"),
+    (["--dry-run", "--drop-blocks", "1"], "DRY"),  # prints the plan, writes nothing
 ]
 
 
@@ -238,9 +244,14 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(args, message, llama_d
     out = tmp_path / "out"
     args = [a.replace("{analysis}", str(analysis)) for a in args]
     rc = _prune("--model", str(llama_dir), "--out", str(out), *args)
-    err = capsys.readouterr().err.strip()
+    cap = capsys.readouterr()
+    err = cap.err.strip()
     if message is None:
         assert rc == 0 and out.is_dir()
+        return
+    if message == "DRY":
+        assert rc == 0 and "blocks: remove [1] of 3" in cap.out and "dry run: nothing written" in cap.out
+        assert not out.exists() and list(tmp_path.iterdir()) == []
         return
     assert rc == 2
     ours = [l for l in err.splitlines() if l.startswith("vlatrim:")]  # transformers may draw a load bar
