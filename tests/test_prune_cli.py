@@ -117,6 +117,23 @@ def test_head_scores_from_analysis_pick_the_highest_groups(llama_dir: Path, anal
     assert json.loads((out / "prune.json").read_text())["plan"]["heads"] == {str(b): [2, 3] for b in range(3)}
 
 
+def test_budget_counts_explicit_width_cuts(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # Halving every MLP removes 3 x 32 x 3 x 32 = 9,216 of 34,016 (27%): a 0.25 budget needs no block.
+    assert _prune("--model", str(llama_dir), "--out", str(out), "--scores", str(analysis), "--ratio", "0.25",
+                  "--mlp-ratio", "0.5") == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["plan"]["notes"]["width_params_removed"] == 9216 and rep["plan"]["drop_blocks"] == []
+    assert rep["params"]["before"]["backbone"] - rep["params"]["after"]["backbone"] == 9216
+    out2 = tmp_path / "out2"
+    # 0.4 = 13,607: the MLP cut plus one (already slimmed, 9,280 - 3,072 = 6,208) block.
+    assert _prune("--model", str(llama_dir), "--out", str(out2), "--scores", str(analysis), "--ratio", "0.4",
+                  "--mlp-ratio", "0.5") == 0
+    rep2 = json.loads((out2 / "prune.json").read_text())
+    assert rep2["plan"]["drop_blocks"] == [1]
+    assert rep2["params"]["before"]["backbone"] - rep2["params"]["after"]["backbone"] == 9216 + 6208
+
+
 def test_target_params_and_span_and_keep_first(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
     rep0 = None
     assert _prune("--model", str(llama_dir), "--out", str(tmp_path / "a"), "--keep-first", "1") == 0
