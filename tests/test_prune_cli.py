@@ -196,6 +196,49 @@ def test_vocab_from_text_keeps_inputs_identical(tmp_path: Path) -> None:
         assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
 
 
+def _bpe_llama_dir(root: Path) -> tuple[Path, list[str]]:
+    """The tiny Llama with a small BPE tokenizer trained offline on a few texts (ids 0/1/2 = pad/bos/eos)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["open the drawer", "close the drawer", "press the red button", "push the block to the goal",
+              "pick up the cup and place it", "turn the faucet left", "slide the window open"] * 4
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=90, special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    d = root / "bpe_llama"
+    TINY_MODELS.get("llama")().save_pretrained(d)
+    tok.save_pretrained(d)
+    return d, ["open the drawer", "press the red button"]
+
+
+def test_vocab_cut_with_a_bpe_tokenizer_goes_through_the_vocab_map(tmp_path: Path) -> None:
+    """BPE cannot be rewritten (its merges would break): the tokenizer is saved unchanged with
+    vocab_map.json, and load_tokenizer() hands out one that speaks the pruned ids."""
+    src, texts = _bpe_llama_dir(tmp_path)
+    data = tmp_path / "tasks.txt"
+    data.write_text("\n".join(texts))
+    out = tmp_path / "out"
+    assert _prune("--model", str(src), "--out", str(out), "--vocab-from", str(data)) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["vocab"]["tokenizer"] == "vocab_map" and (out / "vocab_map.json").is_file()
+    orig, pruned = load_pruned(src), load_pruned(out)
+    tok0, tok1 = load_tokenizer(src), load_tokenizer(out)
+    kept = rep["plan"]["vocab"]
+    for t in texts:
+        e0, e1 = tok0(t, return_tensors="pt"), tok1(t, return_tensors="pt")
+        assert e1["input_ids"].max() < len(kept)
+        with torch.no_grad():
+            l0, l1 = orig(input_ids=e0["input_ids"]).logits, pruned(input_ids=e1["input_ids"]).logits
+        # Same embeddings; the LM head has fewer rows, so its matmul may block differently (float32).
+        torch.testing.assert_close(l1, l0[..., kept], rtol=1e-5, atol=1e-6)
+        assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
+    with pytest.raises(Exception, match="were removed from the vocabulary"):
+        tok1("turn the faucet left")
+
+
 def test_plain_mlp_at_hidden_width_is_refused_before_cutting(tmp_path: Path, capsys) -> None:
     src = tmp_path / "bert"
     TINY_MODELS.get("bert")().save_pretrained(src)  # hidden 32, MLP 64
