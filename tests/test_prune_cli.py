@@ -117,6 +117,17 @@ def test_head_scores_from_analysis_pick_the_highest_groups(llama_dir: Path, anal
     assert json.loads((out / "prune.json").read_text())["plan"]["heads"] == {str(b): [2, 3] for b in range(3)}
 
 
+def test_ratio_zero_writes_an_identical_model(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _prune("--model", str(llama_dir), "--out", str(out), "--scores", str(analysis), "--ratio", "0") == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["plan"]["drop_blocks"] == [] and rep["params"]["before"] == rep["params"]["after"]
+    ids = torch.tensor([[5, 9, 17, 33]])
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(out)(input_ids=ids).logits, load_pruned(llama_dir)(input_ids=ids).logits,
+                                   rtol=0, atol=0)
+
+
 def test_budget_counts_explicit_width_cuts(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     # Halving every MLP removes 3 x 32 x 3 x 32 = 9,216 of 34,016 (27%): a 0.25 budget needs no block.
