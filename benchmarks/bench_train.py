@@ -42,9 +42,12 @@ def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size
     p = TRAIN_PRESETS.get(preset)()
     torch.manual_seed(0)
     vla = ReferenceVLA.from_backbone(VLAConfig(image_size=image_size, **p.model), p.backbone).to(device).train()
+    if not p.train_word_embeddings:  # as `vlatrim train` does for this preset
+        vla.backbone.get_input_embeddings().weight.requires_grad_(False)
     bs = p.trainer["batch_size"]
     batch = make_batch(vla, bs, image_size, device)
-    opt = torch.optim.AdamW(vla.parameters(), lr=1e-4)
+    params = [q for q in vla.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     times = []
@@ -55,7 +58,7 @@ def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size
         with autocast:
             loss = vla(batch)["loss"]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vla.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if cuda:
@@ -67,6 +70,7 @@ def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size
             "image_size": image_size, "image_tokens": vla.config.num_image_tokens,
             "sequence_length": vla.config.num_image_tokens + 1 + vla.config.max_text_tokens + vla.config.chunk_size,
             "batch_size": bs, "parameters": sum(q.numel() for q in vla.parameters()),
+            "trainable_parameters": sum(q.numel() for q in params),
             "device": device.type, "precision": "bf16 autocast" if cuda else "fp32",
             "median_s_per_step": med, "min_s_per_step": min(times), "max_s_per_step": max(times),
             "steps_per_s": 1.0 / med, "samples_per_s": bs / med, "timed_steps": steps, "warmup_steps": warmup}
