@@ -1,0 +1,55 @@
+"""The library calls a study makes for pieces that live in other packages and may be absent from a
+build: demonstration generation (``vlatrim.data``), closed-loop evaluation (``vlatrim.sim``) and
+recovery fine-tuning (``vlatrim.train``). Each raises ``StageUnavailable`` naming the missing module;
+the study then records the stage as unavailable (in study.json and the report) instead of a number.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+
+class StageUnavailable(Exception):
+    """A stage's library is not part of this build; the message names it."""
+
+
+def _module(name: str, what: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and name.startswith(e.name):
+            raise StageUnavailable(f"{what} needs {name}, which this build of vlatrim does not have") from None
+        raise
+
+
+def generate_demos(tasks: list[str], episodes_per_task: int, image_size: int, seed: int, out: Path,
+                   progress: bool = True) -> dict[str, Any]:
+    """Scripted-expert demonstrations into a LeRobot v3 directory ``out``; returns the generation report."""
+    mod = _module("vlatrim.data.metaworld_demos", "demonstration generation")
+    report = mod.generate_demos(mod.DemoConfig(tasks=list(tasks), episodes_per_task=episodes_per_task,
+                                               image_size=image_size, seed=seed), out, progress=progress)
+    return {"episodes": report.episodes, "frames": report.frames, "per_task": report.per_task,
+            "failed": report.failed, "attempts": report.attempts}
+
+
+def closed_loop_eval(policy_dir: Path, tasks: list[str], episodes: int, max_steps: int, image_size: int,
+                     seed: int, workers: int, device: str, out: Path) -> dict[str, Any]:
+    """Success rate of a checkpoint in Meta-World on unseen starts; writes ``out/eval.json``.
+
+    Returns:
+        ``{"success_rate": mean over tasks, "per_task": {task: rate}, "episodes": per task}``.
+    """
+    mod = _module("vlatrim.sim.evaluate", "closed-loop evaluation")
+    res = mod.evaluate(str(policy_dir), tasks=list(tasks), episodes=episodes, max_steps=max_steps,
+                       image_size=image_size, seed=seed, workers=workers, device=device, out=out)
+    return {"success_rate": res["success_rate"], "per_task": res.get("per_task"), "episodes": episodes}
+
+
+def recover(model_dir: Path, data: Path, out: Path, method: str, steps: int, batch_size: int, lr: float | None,
+            seed: int, device: str, teacher: Path | None) -> dict[str, Any]:
+    """Recovery fine-tuning of ``model_dir`` into ``out`` (a checkpoint directory); returns recover.json."""
+    mod = _module("vlatrim.train.recover", "recovery fine-tuning")
+    return mod.recover(model_dir, data, out, method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                       device=device, teacher=teacher)
