@@ -106,13 +106,17 @@ def test_resume_after_interruption_reruns_only_missing_stages(study, dataset, tm
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "bench")
     shutil.rmtree(copy / "variants" / "drop_one-drop1" / "eval_dropped")
-    (copy / "analysis" / "stage.json").rename(copy / "analysis" / "stage.json.bak")  # incomplete: must redo
-    shutil.move(copy / "analysis", copy / "analysis.partial")
+    # An evaluation killed before it finished: its .partial directory (no stage.json) is redone.
+    shutil.move(copy / "base_eval", copy / "base_eval.partial")
+    (copy / "base_eval.partial" / "stage.json").unlink()
     assert main(["study", "--out", str(copy), "--preset", "tiny", "--data", data, "--resume"]) == 0
-    st = json.loads((copy / "study.json").read_text())["stages"]
+    moved = json.loads((copy / "study.json").read_text())
+    assert all(v["params_total"] for v in moved["variants"])  # bench rows found by variant, not by old paths
+    st = moved["stages"]
     ran = sorted(k for k, v in st.items() if v["status"] == "ran")
-    assert ran == ["analysis", "bench", "variants/drop_one-drop1/eval_dropped"]
-    assert st["base"]["status"] == "resumed" and st["variants/drop_one-drop1/pruned"]["status"] == "resumed"
+    assert ran == ["base_eval", "bench", "variants/drop_one-drop1/eval_dropped"]
+    assert not (copy / "base_eval.partial").exists()
+    assert st["base"]["status"] == "resumed" and st["base"]["seconds"] > 0 and st["variants/drop_one-drop1/pruned"]["status"] == "resumed"
 
 
 def test_bad_settings_and_resume_mismatch(study, tmp_path, capsys) -> None:

@@ -35,16 +35,27 @@ def generate_demos(tasks: list[str], episodes_per_task: int, image_size: int, se
 
 
 def closed_loop_eval(policy_dir: Path, tasks: list[str], episodes: int, max_steps: int, image_size: int,
-                     seed: int, workers: int, device: str, out: Path) -> dict[str, Any]:
-    """Success rate of a checkpoint in Meta-World on unseen starts; writes ``out/eval.json``.
+                     seed: int, workers: int, device: str, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Success rate of a checkpoint in Meta-World on unseen starts (``vlatrim.sim.evaluate``); writes
+    ``out/eval.json`` (``out`` must be absent or empty).
 
     Returns:
-        ``{"success_rate": mean over tasks, "per_task": {task: rate}, "episodes": per task}``.
+        ``{"success_rate": mean over tasks, "pooled_success", "wilson95_pooled", "per_task": {task: rate},
+        "episodes": per task}``.
     """
     mod = _module("vlatrim.sim.evaluate", "closed-loop evaluation")
-    res = mod.evaluate(str(policy_dir), tasks=list(tasks), episodes=episodes, max_steps=max_steps,
-                       image_size=image_size, seed=seed, workers=workers, device=device, out=out)
-    return {"success_rate": res["success_rate"], "per_task": res.get("per_task"), "episodes": episodes}
+    from vlatrim.sim.policy import load_policy
+
+    policy = load_policy(str(policy_dir), device=device)
+    cfg = mod.EvalConfig(tasks=list(tasks), episodes=episodes, workers=workers, max_steps=max_steps, seed=seed,
+                         image_size=image_size)
+    result, videos = mod.evaluate(policy, cfg, policy_name=str(policy_dir), progress=progress)
+    mod.write_eval(out, result, videos)
+    o = result.overall
+    return {"success_rate": o["mean_success"], "pooled_success": o["pooled_success"],
+            "wilson95_pooled": o["wilson95_pooled"], "errors": o["errors"],
+            "per_task": {t: v["success_rate"] for t, v in result.per_task.items()}, "episodes": episodes,
+            "env_steps_per_second": result.timing.get("env_steps_per_second")}
 
 
 def recover(model_dir: Path, data: Path, out: Path, method: str, steps: int, batch_size: int, lr: float | None,

@@ -35,8 +35,7 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
              variants: list[dict[str, Any]], bench: dict[str, Any], log: StageLog, unavailable: dict[str, str],
              device: str, schema: int) -> dict[str, Any]:
     """The study.json document (without ``plots`` / ``report``, which the caller adds)."""
-    by_name = {Path(m["path"]).resolve(): m for m in bench["models"]}
-    name_to_bench = {v["name"]: by_name.get(Path(v["path"]).resolve()) for v in variants if v["kind"] in ("base", "dropped")}
+    name_to_bench = dict(zip(bench["variant_names"], bench["models"]))
     rows = []
     closed_reason = None
     for v in variants:

@@ -60,8 +60,9 @@ def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
 class _Evaluator:
     """Offline held-out action error (always) and closed-loop success (when the build has it)."""
 
-    def __init__(self, cfg: StudyConfig, dataset: Path, val_fraction: float, device: str) -> None:
+    def __init__(self, cfg: StudyConfig, dataset: Path, val_fraction: float, device: str, progress: bool) -> None:
         self.cfg, self.dataset, self.val_fraction, self.device = cfg, dataset, val_fraction, device
+        self.progress = progress
         self._frames = None
 
     def frames(self) -> Any:
@@ -91,7 +92,7 @@ class _Evaluator:
         try:
             res["closed_loop"] = backends.closed_loop_eval(
                 model_dir, list(self.cfg.tasks), self.cfg.eval_episodes, self.cfg.eval_max_steps, self.cfg.image_size,
-                self.cfg.seed, self.cfg.eval_workers, self.device, work)
+                self.cfg.seed, self.cfg.eval_workers, self.device, work / "closed_loop", self.progress)
         except StageUnavailable as e:
             res["closed_loop_unavailable"] = str(e)
         return res
@@ -177,7 +178,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     n_blocks = ana["num_blocks"]
     counts = cfg.block_counts(n_blocks)
 
-    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], device)
+    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], device, progress)
     recover_ok = True
 
     def eval_stage(name: str, model_dir: Path) -> dict[str, Any]:
@@ -234,8 +235,9 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     def bench(d: Path) -> dict[str, Any]:
         from vlatrim.bench.run import run_bench
 
-        return run_bench([v["path"] for v in bench_models], d, device=device, batch_size=cfg.bench_batch_size,
-                         repeats=cfg.bench_repeats, warmup=2, progress=progress)
+        res = run_bench([v["path"] for v in bench_models], d, device=device, batch_size=cfg.bench_batch_size,
+                        repeats=cfg.bench_repeats, warmup=2, progress=progress)
+        return {**res, "variant_names": [v["name"] for v in bench_models]}  # paths change if the study moves
 
     bres = run_stage(out, "bench", bench, slog)
     from vlatrim.study.results import assemble

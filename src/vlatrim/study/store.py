@@ -22,7 +22,8 @@ STAGE_FILE = "stage.json"
 
 @dataclass
 class StageLog:
-    """What happened to each stage in this invocation: ``ran`` or ``resumed`` (found complete)."""
+    """What happened to each stage in this invocation: ``ran`` or ``resumed`` (found complete), and the
+    seconds the stage took when it ran."""
 
     status: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -52,7 +53,7 @@ def run_stage(out: Path, name: str, fn: Callable[[Path], dict[str, Any]], log: S
     final = out / name
     if (final / STAGE_FILE).is_file():
         rec = read_json(final / STAGE_FILE, what="stage record")
-        log.status[name], log.seconds[name] = "resumed", 0.0
+        log.status[name], log.seconds[name] = "resumed", float(rec["seconds"])  # the run that made it
         return rec["summary"]
     partial = out / f"{name}.partial"
     if fresh_partial:
