@@ -265,7 +265,11 @@ class Trainer:
                 window_n += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == end:
-                    last_log = {"step": step, **{k: v / window_n for k, v in window.items()},
+                    keys = sorted(window)
+                    # Each process saw its share of the global batch: log the mean over processes.
+                    means = acc.reduce(torch.tensor([window[k] / window_n for k in keys], device=acc.device),
+                                       reduction="mean").tolist()
+                    last_log = {"step": step, **dict(zip(keys, means)),
                                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                 "samples": step * cfg.batch_size,
                                 "elapsed_s": round(time.perf_counter() - t0, 3)}
