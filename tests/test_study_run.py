@@ -66,9 +66,20 @@ def test_study_runs_every_available_stage(study) -> None:
     assert (out / "base" / "model.safetensors").is_file() and not (out / "base" / "checkpoints").exists()
     assert (out / "variants/drop_one-drop1/pruned/prune.json").is_file()
     assert "closed_loop_eval" in s["unavailable"] and "closed_loop=False" in s["unavailable"]["closed_loop_eval"]
-    if "recover" in s["unavailable"]:  # until vlatrim.train.recover is part of the build
+    if "recover" in s["unavailable"]:  # a build without vlatrim.train.recovery
         assert not any(v["kind"] in ("recovered", "control") for v in s["variants"])
         assert any("Recovery fine-tuning did not run" in n for n in s["notes"])
+    else:  # the recovered pruned model and the unpruned control, same budget (tiny preset: 2 steps, full)
+        rec, ctl = s["variants"][names.index("drop_one-drop1-full")], s["variants"][names.index("control-full")]
+        assert rec["kind"] == "recovered" and rec["bench_of"] == "drop_one-drop1" and rec["blocks_kept"] == 1
+        assert ctl["kind"] == "control" and ctl["blocks_kept"] == 2
+        for v in (rec, ctl):
+            assert v["recover"]["budget"]["steps"] == 2 and v["recover"]["budget"]["samples"] == 8
+            assert v["offline_l1"] == pytest.approx(v["recover"]["held_out_l1"], rel=1e-5)  # same held-out episodes
+        assert rec["params_total"] == drop["params_total"] and rec["latency_full_ms"] == drop["latency_full_ms"]
+        for st in ("control/recovered-full", "variants/drop_one-drop1/recovered-full", "variants/drop_one-drop1/eval_recovered-full"):
+            assert s["stages"][st]["status"] == "ran"
+        assert (out / "variants/drop_one-drop1/recovered-full/recover.json").is_file()
     assert not list(out.rglob("*.partial"))
 
 

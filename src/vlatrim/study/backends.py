@@ -59,8 +59,21 @@ def closed_loop_eval(policy_dir: Path, tasks: list[str], episodes: int, max_step
 
 
 def recover(model_dir: Path, data: Path, out: Path, method: str, steps: int, batch_size: int, lr: float | None,
-            seed: int, device: str, teacher: Path | None) -> dict[str, Any]:
-    """Recovery fine-tuning of ``model_dir`` into ``out`` (a checkpoint directory); returns recover.json."""
-    mod = _module("vlatrim.train.recover", "recovery fine-tuning")
-    return mod.recover(model_dir, data, out, method=method, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       device=device, teacher=teacher)
+            seed: int, device: str, teacher: Path | None, val_fraction: float) -> dict[str, Any]:
+    """Recovery fine-tuning of ``model_dir`` into the checkpoint directory ``out``
+    (``vlatrim.train.recovery.recover``); resumes inside ``out`` when it holds an interrupted run.
+
+    Args:
+        teacher: the unpruned model; used by ``distill`` only.
+        val_fraction: share of each task's episodes held out (the base model's, so the held-out
+            episodes stay unseen by every variant).
+    Returns:
+        The recover.json summary.
+    """
+    mod = _module("vlatrim.train.recovery", "recovery fine-tuning")
+    settings = mod.RecoverySettings(method=method, val_fraction=val_fraction)
+    trainer = mod.recovery_trainer_config(method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                                          checkpoint_every=max(1, steps // 4))
+    needs_teacher = mod.RECOVERY_METHODS.get(method).needs_teacher
+    return mod.recover(model_dir, data, out, settings, trainer, teacher=teacher if needs_teacher else None,
+                       resume=(out / "run_config.json").is_file())

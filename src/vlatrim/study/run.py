@@ -60,8 +60,10 @@ def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
 class _Evaluator:
     """Offline held-out action error (always) and closed-loop success (when the build has it)."""
 
-    def __init__(self, cfg: StudyConfig, dataset: Path, val_fraction: float, device: str, progress: bool) -> None:
+    def __init__(self, cfg: StudyConfig, dataset: Path, val_fraction: float, image_size: int, device: str,
+                 progress: bool) -> None:
         self.cfg, self.dataset, self.val_fraction, self.device = cfg, dataset, val_fraction, device
+        self.image_size = image_size  # the dataset's (the model's input), which --data may set, not the preset
         self.progress = progress
         self._frames = None
 
@@ -91,7 +93,7 @@ class _Evaluator:
             return res
         try:
             res["closed_loop"] = backends.closed_loop_eval(
-                model_dir, list(self.cfg.tasks), self.cfg.eval_episodes, self.cfg.eval_max_steps, self.cfg.image_size,
+                model_dir, list(self.cfg.tasks), self.cfg.eval_episodes, self.cfg.eval_max_steps, self.image_size,
                 self.cfg.seed, self.cfg.eval_workers, self.device, work / "closed_loop", self.progress)
         except StageUnavailable as e:
             res["closed_loop_unavailable"] = str(e)
@@ -178,7 +180,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     n_blocks = ana["num_blocks"]
     counts = cfg.block_counts(n_blocks)
 
-    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], device, progress)
+    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], base_sum["dataset"]["image_size"], device, progress)
     recover_ok = True
 
     def eval_stage(name: str, model_dir: Path) -> dict[str, Any]:
@@ -190,11 +192,13 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
             return None
 
         def fn(d: Path) -> dict[str, Any]:
-            return backends.recover(model_dir, dataset, d, method=method, steps=cfg.recover_steps,
-                                    batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
-                                    teacher=base)
+            rec = backends.recover(model_dir, dataset, d, method=method, steps=cfg.recover_steps,
+                                   batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
+                                   teacher=base, val_fraction=base_sum["val_fraction"])
+            shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the model is in d
+            return rec
         try:
-            return run_stage(out, name, fn, slog)
+            return run_stage(out, name, fn, slog, fresh_partial=False)
         except StageUnavailable as e:
             recover_ok = False
             unavailable["recover"] = str(e)
@@ -254,8 +258,11 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
 
 
 def _recover_summary(rec: dict[str, Any]) -> dict[str, Any]:
-    keep = ("method", "steps", "seconds", "held_out", "trainable_parameters", "final_log")
-    return {k: rec[k] for k in keep if k in rec}
+    keep = ("method", "steps", "budget", "params", "final_log")
+    out = {k: rec[k] for k in keep if k in rec}
+    if rec.get("held_out"):
+        out["held_out_l1"] = rec["held_out"].get("l1")
+    return out
 
 
 def _prune(base: Path, analysis: Path, scorer: str, count: int, out: Path) -> dict[str, Any]:
