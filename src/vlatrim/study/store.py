@@ -62,7 +62,12 @@ def run_stage(out: Path, name: str, fn: Callable[[Path], dict[str, Any]], log: S
         partial.mkdir(parents=True, exist_ok=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = fn(partial)
+    try:
+        summary = fn(partial)
+    except BaseException:
+        if partial.is_dir() and not any(partial.iterdir()):  # nothing to resume from: leave no trace
+            partial.rmdir()
+        raise
     dt = time.perf_counter() - t0
     partial.mkdir(parents=True, exist_ok=True)
     write_json_atomic(partial / STAGE_FILE, {
