@@ -35,7 +35,8 @@ class StudyCommand:
     eval_episodes: Optional[int] = None
     """Closed-loop episodes per task. Default: the preset's."""
     closed_loop: Optional[bool] = None
-    """Measure closed-loop success in Meta-World (--no-closed-loop: offline action error only)."""
+    """Measure closed-loop success in Meta-World: --closed-loop True / False (False: offline action error
+    only, no rendering). Default: the preset's (True except tiny)."""
     device: Optional[Literal["auto", "cpu", "cuda"]] = None
     """Where everything runs. Default: the preset's."""
     resume: bool = False

@@ -73,7 +73,7 @@ def recover(model_dir: Path, data: Path, out: Path, method: str, steps: int, bat
     mod = _module("vlatrim.train.recovery", "recovery fine-tuning")
     settings = mod.RecoverySettings(method=method, val_fraction=val_fraction)
     trainer = mod.recovery_trainer_config(method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                          checkpoint_every=max(1, steps // 4))
+                                          checkpoint_every=max(25, steps // 4))  # a checkpoint holds the optimizer too: a few per run
     needs_teacher = mod.RECOVERY_METHODS.get(method).needs_teacher
     return mod.recover(model_dir, data, out, settings, trainer, teacher=teacher if needs_teacher else None,
                        resume=(out / "run_config.json").is_file())

@@ -15,12 +15,12 @@ STUDY_PRESETS: Registry[Callable[[], dict[str, Any]]] = Registry("study preset")
 
 @STUDY_PRESETS.register("demo")
 def _demo() -> dict[str, Any]:
-    # `make demo` on a 2-core CPU in about a quarter of an hour: one easy task at 64 px, MiniLM-L6
-    # with the quick preset's 4x4 = 16 image tokens... ratios 1/3 and 2/3 of the 6 blocks.
+    # `make demo` on a 2-core CPU in about a quarter of an hour: one easy task at 64 px, MiniLM-L6 with
+    # the quick training preset (5 conv stages: 2x2 = 4 image tokens), 2 and 4 of its 6 blocks removed.
     return dict(tasks=("drawer-close",), episodes_per_task=12, image_size=64, train_preset="quick",
                 train_steps=300, batch_size=32, analysis_scorers=("drop_one", "block_influence", "gateprobe"),
                 scorers=("drop_one",), analysis_batches=4, analysis_batch_size=16, ratios=(0.34, 0.67),
-                methods=("full",), recover_steps=100, eval_episodes=10, eval_max_steps=150, bench_repeats=10)
+                methods=("full",), recover_steps=100, eval_episodes=8, eval_max_steps=120, bench_repeats=10)
 
 
 @STUDY_PRESETS.register("quick")
