@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _quality(study: dict[str, Any], out: Path, metric: str, label: str, fname: str) -> str | None:
@@ -62,6 +63,7 @@ def _efficiency(study: dict[str, Any], out: Path) -> str | None:
         a2.plot(xs, [rows[i][key] / 1e6 for i in order], marker="o", label=lab)
     a2.set_ylabel("parameters, millions")
     for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_xlabel("language blocks kept")
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
