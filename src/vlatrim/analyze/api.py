@@ -1,0 +1,110 @@
+"""``analyze``: from a model path and a dataset directory to ``analysis.json`` and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from vlatrim.analyze.base import PATHWAYS, SCORERS, ScoringContext
+from vlatrim.analyze.run import DEFAULT_SCORERS, pathway_summary, run_scorers
+from vlatrim.errors import VlatrimError
+from vlatrim.utils.io import atomic_dir, read_json, write_json_atomic
+
+
+def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAULT_SCORERS, num_batches: int = 8,
+            batch_size: int = 16, pathways: Sequence[str] = PATHWAYS, blocks_path: str | None = None,
+            seed: int = 0, options: dict[str, dict[str, Any]] | None = None, device: str = "cpu",
+            progress: bool = True) -> dict[str, Any]:
+    """Score a model's blocks / heads / channels / vocabulary on a dataset and write the results.
+
+    Args:
+        model_path: a vlatrim VLA checkpoint directory or a transformers causal-LM directory.
+        data: a LeRobotDataset v3 directory (its held-out episodes are the calibration set for a VLA, its
+            instructions for a text model).
+        out: output directory (must not exist): ``analysis.json`` and PNG plots, written atomically.
+        scorers: scorer names (``vlatrim.analyze.SCORERS``); drop-one runs first when included.
+        num_batches: calibration batches.
+        batch_size: samples per calibration batch.
+        pathways: block lists the block scorers cover: language, vision, action (those that exist).
+        blocks_path: override for the backbone block list (see ``locate_backbone``).
+        seed: which held-out samples form the batches.
+        options: per-scorer options, e.g. ``{"angular": {"span": 2}}``.
+        device: where the model runs.
+        progress: tqdm bars.
+
+    Finished scorers are kept in ``<out>.partial/`` until the run completes, so an interrupted run
+    resumes where it stopped when called again with the same arguments.
+
+    Returns:
+        The analysis.json content.
+    """
+    from vlatrim.analyze.calibration import text_calibration, vla_calibration
+    from vlatrim.models.adapters import describe, load_model, locate_backbone
+
+    for n in scorers:
+        SCORERS.get(n)
+    if num_batches < 1 or batch_size < 1:
+        raise VlatrimError(f"--batches {num_batches} and --batch-size {batch_size} must be >= 1")
+    if Path(out).exists():
+        raise VlatrimError(f"output directory {out!r} already exists; choose a new --out or remove it")
+    model, kind = load_model(model_path, device=device)
+    if kind == "config":
+        raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")
+    model.eval()
+    if kind == "vlatrim":
+        cal = vla_calibration(model, data, num_batches, batch_size, seed)
+    else:
+        cal = text_calibration(model, model_path, data, num_batches, batch_size, seed)
+    handle = locate_backbone(model, blocks_path)
+    present = tuple(p for p, lists in handle.pathways().items() if lists and p in pathways)
+    ctx = ScoringContext(model=model, handle=handle, batches=cal.batches, loss=cal.loss, pathways=present,
+                         instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress)
+    run_key = dict(model=str(Path(model_path).resolve()), data=str(Path(data).resolve()), batches=num_batches,
+                   batch_size=batch_size, pathways=present, blocks_path=blocks_path, seed=seed,
+                   options=options or {})
+    partial = Path(f"{out}.partial")
+    key = hashlib.sha256(json.dumps(run_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    done = _resume(partial, key)
+    results: dict[str, Any] = {"scorers": {}}
+    for name in sorted(scorers, key=lambda n: n != "drop_one"):
+        if name in done:
+            results["scorers"][name] = done[name]
+            continue
+        part = run_scorers(ctx, [name], options, precomputed=results["scorers"])
+        results["scorers"][name] = part["scorers"][name]
+        write_json_atomic(partial / f"{name}.json", part["scorers"][name])
+    results["pathways"] = pathway_summary(ctx, results["scorers"])
+    analysis = {
+        "model": {"path": str(model_path), "kind": kind, "class": type(model).__name__,
+                  **{k: v for k, v in describe(handle).items() if k != "model_class"}},
+        "calibration": cal.description,
+        "loss": {"name": cal.loss.name, "likelihood": cal.loss.likelihood, "terms_per_sample": cal.loss.terms_per_sample},
+        "pathways_scored": list(present),
+        "device": device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()}, "
+                                                 f"{torch.get_num_threads()} threads)",
+        **results,
+    }
+    from vlatrim.analyze.plots import write_plots
+
+    with atomic_dir(out) as tmp:
+        analysis["plots"] = write_plots(analysis, handle.blocks_path, tmp)
+        write_json_atomic(tmp / "analysis.json", analysis)
+    shutil.rmtree(partial, ignore_errors=True)
+    return analysis
+
+
+def _resume(partial: Path, key: str) -> dict[str, Any]:
+    """Scorer results a previous interrupted run with the same arguments left in ``partial``."""
+    stamp = partial / "run_key.txt"
+    if partial.is_dir() and stamp.is_file() and stamp.read_text().strip() == key:
+        return {p.stem: read_json(p) for p in partial.glob("*.json")}
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    stamp.write_text(key + "\n")
+    return {}

@@ -1,0 +1,24 @@
+"""The naive virtual-gate score, -dL/dg at g = 1 (first-order Taylor of removing the block).
+
+Kept as its own scorer so reports show what GateProbe's second-order term adds over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlatrim.analyze.base import SCORERS, ScoreResult, Scorer, ScoringContext
+from vlatrim.analyze.scorers.gateprobe import gate_statistics
+
+
+@SCORERS.register("gate_first_order")
+@dataclass
+class GateFirstOrder(Scorer):
+    """-dL/dg_i at g = 1: the first-order estimate of removing block i."""
+
+    name = "gate_first_order"
+    unit = "block"
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        G, _, loss = gate_statistics(ctx)
+        return ScoreResult({p: -g for p, g in G.items()}, {"mean_loss": loss})

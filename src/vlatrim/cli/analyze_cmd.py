@@ -1,0 +1,54 @@
+"""``vlatrim analyze``: importance scores for blocks, heads, MLP channels and vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from vlatrim.analyze.base import PATHWAYS
+from vlatrim.analyze.run import DEFAULT_SCORERS
+from vlatrim.cli.registry import COMMANDS
+
+
+@dataclass
+class AnalyzeCommand:
+    """Score a model's blocks / heads / channels / vocabulary on a dataset; write analysis.json + plots."""
+
+    model: str
+    """A vlatrim VLA checkpoint directory (action loss) or a transformers causal-LM directory
+    (next-token loss on the dataset's instructions)."""
+    data: str
+    """A LeRobotDataset v3 directory; a VLA is scored on its held-out episodes."""
+    out: str
+    """Output directory (must not exist): analysis.json, blocks.png, angular_spans.png, pathways.png."""
+    scorers: tuple[str, ...] = DEFAULT_SCORERS
+    """Scorers to run (drop-one runs first and is the reference for every block ranking)."""
+    batches: int = 8
+    """Number of calibration batches."""
+    batch_size: int = 16
+    """Samples per calibration batch."""
+    pathways: tuple[str, ...] = PATHWAYS
+    """Block lists the block scorers cover (language, vision, action; those the model has)."""
+    angular_span: int = 1
+    """Span n of blocks whose angular distance is the angular scorer's per-block score."""
+    blocks_path: Optional[str] = None
+    """Dotted path of the backbone's block list, when detection fails (see vlatrim inspect)."""
+    seed: int = 0
+    """Which held-out samples form the calibration batches."""
+    device: str = "cpu"
+    """Where the model runs (cpu, cuda, cuda:1, ...)."""
+
+    def run(self) -> None:
+        from vlatrim.analyze.api import analyze
+
+        res = analyze(self.model, self.data, self.out, self.scorers, self.batches, self.batch_size, self.pathways,
+                      self.blocks_path, self.seed, {"angular": {"span": self.angular_span}}
+                      if "angular" in self.scorers else None, self.device)
+        for name, r in res["scorers"].items():
+            rho = r.get("spearman_vs_drop_one") or {}
+            rho_s = ", ".join(f"{v:.2f}" if v is not None else "n/a" for v in rho.values())
+            print(f"{name:18s} {r['unit']:8s} {r['seconds']:8.2f} s" + (f"  Spearman vs drop-one {rho_s}" if rho else ""))
+        print(f"wrote {self.out}/analysis.json ({', '.join(res['plots'])})")
+
+
+COMMANDS.register("analyze")(AnalyzeCommand)

@@ -1,0 +1,33 @@
+"""``vlatrim inspect``: what vlatrim sees in a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import tyro
+
+from vlatrim.cli.registry import COMMANDS
+
+
+@dataclass
+class InspectCommand:
+    """Show a model's components, backbone block list, attention/MLP layout and parameters."""
+
+    model: tyro.conf.Positional[str]
+    """A vlatrim checkpoint directory, a local transformers model directory, or a transformers config
+    JSON file (built without weights: shapes and parameter counts only)."""
+    out: str
+    """Output directory (must not exist): inspect.json and summary.txt."""
+    blocks_path: Optional[str] = None
+    """Dotted path of the backbone's block list (e.g. backbone.encoder.layer), when detection fails."""
+
+    def run(self) -> None:
+        from vlatrim.models.adapters import inspect_model
+
+        _, text = inspect_model(self.model, self.out, self.blocks_path)
+        print(text)
+        print(f"wrote {self.out}/inspect.json")
+
+
+COMMANDS.register("inspect")(InspectCommand)

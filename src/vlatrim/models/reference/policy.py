@@ -1,0 +1,47 @@
+"""The reference VLA as a closed-loop policy (``vlatrim.sim.policy`` contract)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlatrim.models.reference.config import MODEL_TYPE
+from vlatrim.models.reference.model import ReferenceVLA
+from vlatrim.sim.policy import POLICY_LOADERS
+
+
+class ReferenceVLAPolicy:
+    """Maps a batch of observations to action chunks with a trained ``ReferenceVLA``.
+
+    Args:
+        model: the trained model (put in eval mode here).
+        device: where inference runs.
+    """
+
+    def __init__(self, model: ReferenceVLA, device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.chunk_size = model.config.chunk_size
+        self.name = f"vlatrim_vla({model.config.backbone_name or type(model.backbone).__name__})"
+
+    def reset(self, n: int) -> None:
+        """Nothing to reset: the model is stateless between observations."""
+
+    def predict(self, obs: dict[str, Any]) -> np.ndarray:
+        """``obs["image"]`` uint8 (B, H, W, 3), ``obs["state"]`` (B, 4), ``obs["instruction"]`` list of B str
+        -> float32 (B, T, 4) in the environment's action space, clipped to [-1, 1]."""
+        chunk = self.model.predict_action(obs["image"], obs["state"], list(obs["instruction"]))
+        return np.clip(chunk.numpy(), -1.0, 1.0).astype(np.float32)
+
+
+@POLICY_LOADERS.register(MODEL_TYPE)
+def load_reference_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceVLAPolicy:
+    """A policy from a reference VLA checkpoint or ``vlatrim train`` run directory.
+
+    Registered in ``vlatrim.sim.policy.POLICY_LOADERS`` under ``vlatrim_vla`` (``vlatrim eval --policy DIR``).
+    """
+    return ReferenceVLAPolicy(ReferenceVLA.from_pretrained(path, device=device), device=device)
+

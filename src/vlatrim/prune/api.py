@@ -1,0 +1,209 @@
+"""One pruning run, end to end: load -> plan -> (print) -> cut -> save with prune.json.
+
+The CLI (``vlatrim prune``) fills a :class:`PruneRequest` and calls :func:`make_plan` then
+:func:`execute`; library users can do the same, or call the selectors and ``apply_plan`` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from vlatrim.bench.params import params_by_component
+from vlatrim.errors import VlatrimError
+from vlatrim.prune.analysis_io import Analysis
+from vlatrim.prune.methods import PRUNE_METHODS
+from vlatrim.prune.methods.base import check_ratio
+from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
+from vlatrim.prune.plan import PrunePlan
+from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
+from vlatrim.prune.surgery import apply_plan, validate_plan, width_savings
+from vlatrim.prune.tokenizer import agrees, can_rewrite, rewrite_wordpiece
+from vlatrim.utils.hashing import dir_sha256
+
+PRUNE_SCHEMA_VERSION = 1
+
+
+@dataclass
+class PruneRequest:
+    """What to cut. Depth comes from at most one of ``drop_blocks``, ``keep_first``, ``span`` or
+    ``scores`` (+ ``ratio`` / ``target_params`` / ``count``); widths and vocabulary combine with it."""
+
+    drop_blocks: list[int] | None = None  # explicit block indices to remove
+    keep_first: int | None = None  # keep blocks 0..k-1
+    scores: str | None = None  # analysis.json from `vlatrim analyze` (block, head, channel, span, vocabulary results)
+    scorer: str | None = None  # which block scorer of the analysis ranks blocks (default: drop_one, gateprobe, ...)
+    ratio: float | None = None  # with scores: fraction of the backbone's parameters to remove, in [0, 1)
+    target_params: int | None = None  # with scores: backbone parameter count to reach
+    count: int | None = None  # with scores: number of blocks to remove
+    span: int | None = None  # remove the contiguous span of this many blocks with the smallest angular distance
+    heads: list[int] | None = None  # query heads to keep: one value for every block, or one per block
+    head_mode: Literal["auto", "kv", "query"] = "auto"  # GQA rule for head removal
+    mlp_ratio: list[float] | None = None  # fraction of MLP channels to remove: one value, or one per block
+    vocab_from: str | None = None  # dataset dir (meta/tasks.parquet) or text file whose tokens are kept
+    drop_lm_head: bool = False  # remove the LM head (a VLA with a regression action head)
+    blocks_path: str | None = None  # override backbone detection with the block list's dotted path
+    budget_vocab: bool = True  # with a budget: spend it first on tokens the analysis saw unused
+
+    def __post_init__(self) -> None:
+        depth = [n for n in ("drop_blocks", "keep_first", "span") if getattr(self, n) is not None]
+        budget = [n for n in ("ratio", "target_params", "count") if getattr(self, n) is not None]
+        if budget and self.scores is None:
+            raise VlatrimError(f"--{budget[0].replace('_', '-')} needs --scores analysis.json (the ranking to cut by)")
+        if len(budget) > 1:
+            raise VlatrimError(f"give one of --ratio, --target-params, --count, not {', '.join('--' + b.replace('_', '-') for b in budget)}")
+        if len(depth) + bool(budget) > 1:
+            raise VlatrimError("choose one way to pick blocks: --drop-blocks, --keep-first, --span, or --scores with a budget")
+        if self.span is not None and self.scores is None:
+            raise VlatrimError("--span needs --scores analysis.json holding angular distances")
+        if self.ratio is not None:
+            check_ratio(self.ratio)
+        for r in self.mlp_ratio or []:
+            check_ratio(r, "--mlp-ratio")
+        if not (depth or budget or self.heads or self.mlp_ratio or self.vocab_from or self.drop_lm_head):
+            raise VlatrimError("nothing to prune: give --drop-blocks, --keep-first, --span, --scores with "
+                               "--ratio/--target-params/--count, --heads, --mlp-ratio or --vocab-from")
+
+
+def _tokenizer(model_dir: Path, required: bool = True) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:  # no tokenizer files, or a tokenizer class this install lacks
+        if not required:
+            return None  # special tokens then come from the config's *_token_id fields alone
+        raise VlatrimError(f"--vocab-from needs the model's tokenizer in {str(model_dir)!r} ({type(e).__name__})") from None
+
+
+def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path | None = None) -> tuple[PrunePlan, dict[str, int]]:
+    """Turn a request into a validated plan. Returns the plan and the parameters by component before."""
+    before = params_by_component(handle)
+    plan = PrunePlan()
+    analysis = Analysis(req.scores) if req.scores else None
+    budget = req.ratio is not None or req.target_params is not None
+    tok = None
+    if req.vocab_from is not None or (budget and req.budget_vocab and analysis and analysis.used_token_ids() is not None):
+        tok = getattr(model, "tokenizer", None)  # a VLA that tokenizes for itself (the reference VLA)
+        if tok is None and model_dir is not None:
+            tok = _tokenizer(model_dir, required=req.vocab_from is not None)
+    if req.vocab_from is not None:
+        if tok is None:
+            raise VlatrimError("--vocab-from needs a model directory with a tokenizer")
+        texts = texts_from_data(req.vocab_from)
+        used = token_ids_of(tok, texts)
+        plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, used, tok, drop_lm_head=req.drop_lm_head))
+        plan.notes["vocab_texts"] = texts
+    elif budget and req.budget_vocab and analysis is not None and analysis.used_token_ids() is not None:
+        # Tokens the task never uses are the cheapest parameters to remove: the budget takes them first.
+        plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, analysis.used_token_ids(), tok, drop_lm_head=req.drop_lm_head))
+    elif req.drop_lm_head:
+        plan = plan.merge(PrunePlan(drop_lm_head=True, methods=["drop-lm-head"]))
+    if req.heads is not None:
+        hs = analysis.head_scores(handle) if analysis and analysis.has("head") else None  # else magnitude
+        plan = plan.merge(PRUNE_METHODS.get("heads")(handle, req.heads, hs, req.head_mode))
+    if req.mlp_ratio is not None:
+        cs = analysis.channel_scores(handle) if analysis and analysis.has("channel") else None  # else magnitude
+        plan = plan.merge(PRUNE_METHODS.get("mlp")(handle, req.mlp_ratio, cs))
+    if req.drop_blocks is not None:
+        plan = plan.merge(PRUNE_METHODS.get("drop-blocks")(handle, req.drop_blocks))
+    elif req.keep_first is not None:
+        plan = plan.merge(PRUNE_METHODS.get("keep-first")(handle, req.keep_first))
+    elif req.span is not None:
+        plan = plan.merge(PRUNE_METHODS.get("angular-span")(handle, analysis.span_distances(handle), req.span))
+    elif budget or req.count is not None:
+        vocab_saving = 0
+        if plan.vocab is not None:
+            per_token = handle.hidden_size * (2 if before["lm_head"] else 1)
+            vocab_saving = per_token * (handle.vocab_size - len(plan.vocab))
+        # Explicit head / channel cuts count towards the budget too; a block then saves only what its
+        # cut-down self still holds.
+        ws = width_savings(handle, plan)
+        sizes = [lay.num_params - w for lay, w in zip(handle.layouts, ws)]
+        name, scores = analysis.block_scores(handle, req.scorer)
+        plan = plan.merge(PRUNE_METHODS.get("block-scores")(
+            handle, scores, count=req.count, ratio=req.ratio, target_params=req.target_params,
+            backbone_params=before["backbone"], already_removed=vocab_saving + sum(ws), block_sizes=sizes))
+        plan.notes["block_scorer"] = name
+        plan.notes["vocab_params_removed"] = vocab_saving
+        plan.notes["width_params_removed"] = sum(ws)
+    if plan.vocab is not None and getattr(model, "tokenizer", None) is not None and not can_rewrite(model.tokenizer):
+        raise VlatrimError(f"vocabulary: {type(model).__name__} tokenizes with its own {type(model.tokenizer).__name__}, "
+                           "which vlatrim can only rewrite when it is WordPiece; prune the vocabulary of this model's backbone checkpoint instead")
+    validate_plan(handle, plan)
+    return plan, before
+
+
+def source_hash(model: nn.Module, model_dir: Path | None) -> dict[str, str]:
+    if model_dir is not None:
+        return {"kind": "dir_sha256", "sha256": dir_sha256(model_dir)}
+    return {"kind": "state_dict_sha256", "sha256": state_dict_sha256(model)}
+
+
+def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, before: dict[str, int], out: str | Path,
+            model_dir: Path | None = None) -> dict[str, Any]:
+    """Cut ``model`` by ``plan``, save it to ``out`` with prune.json, and return the prune.json content."""
+    src = source_hash(model, model_dir)  # before the cut: the hash names the source model
+    t0 = time.perf_counter()
+    old_tok = None
+    if plan.vocab is not None:
+        old_tok = getattr(model, "tokenizer", None) or (_tokenizer(model_dir, required=False) if model_dir else None)
+    if req.blocks_path and not plan.drop_lm_head:  # re-locate the cut model at the same user-given path
+        from vlatrim.models.adapters import locate_backbone
+
+        result = apply_plan(model, plan, handle, locate=lambda m: locate_backbone(m, req.blocks_path))
+    else:
+        result = apply_plan(model, plan, handle)
+    tokenizer_kind = None
+    if result.remap is not None and old_tok is not None:
+        new_tok = rewrite_wordpiece(old_tok, result.remap)
+        texts = plan.notes.get("vocab_texts") or []
+        if new_tok is not None and agrees(old_tok, new_tok, result.remap, texts):
+            result.tokenizer = new_tok
+            tokenizer_kind = "rewritten"
+            if hasattr(result.model, "tokenizer"):  # a VLA that tokenizes for itself saves its own tokenizer
+                result.model.tokenizer = new_tok
+        else:
+            tokenizer_kind = "vocab_map"  # load with vlatrim.prune.load_tokenizer
+    after = params_by_component(result.handle)
+    report = {
+        "schema_version": PRUNE_SCHEMA_VERSION,
+        "source": {"path": str(model_dir) if model_dir else None, **src, "class": type(model).__name__},
+        "request": {k: v for k, v in dataclasses.asdict(req).items() if v not in (None, False)},
+        "plan": plan.to_json(),
+        "kept_blocks": result.kept_blocks,
+        "params": {"before": before, "after": after,
+                   "backbone_ratio_removed": 1.0 - after["backbone"] / before["backbone"]},
+        "widths": result.widths,
+        "reload": {"plain_from_pretrained": result.plain_reload,
+                   "class": type(result.model).__name__,
+                   "loader": (f"{_public_module(result.model)}.{type(result.model).__name__}.from_pretrained"
+                              if result.plain_reload else "vlatrim.prune.load_pruned")},
+        "vocab": ({"before": result.remap.old_size, "after": len(result.remap), "map": "vocab_map.json",
+                   "tokenizer": tokenizer_kind}
+                  if result.remap is not None else None),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    save_pruned(result, out, report, source_dir=model_dir)
+    return report
+
+
+def _public_module(model: nn.Module) -> str:
+    mod = type(model).__module__
+    return "transformers" if mod.startswith("transformers.") else mod
+
+
+def load_for_pruning(model_dir: str | Path, blocks_path: str | None = None) -> tuple[nn.Module, Any, Path]:
+    """Load a checkpoint directory and locate its backbone."""
+    from vlatrim.models.adapters import locate_backbone
+
+    d = Path(model_dir)
+    if not (d / "config.json").is_file():
+        raise VlatrimError(f"--model {str(d)!r} is not a checkpoint directory (no config.json)")
+    model = load_pruned(d)
+    return model, locate_backbone(model, blocks_path), d

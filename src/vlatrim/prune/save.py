@@ -1,0 +1,182 @@
+"""Saving a pruned model as a standard checkpoint directory, and loading any checkpoint back.
+
+Layout of a pruned directory: what the model's own ``save_pretrained`` writes (``config.json`` +
+``model.safetensors``), every other file of the source directory (tokenizer, processor, normalisation
+stats), ``vocab_map.json`` when the vocabulary was cut, and ``prune.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vlatrim.errors import VlatrimError
+from vlatrim.models.adapters.load import VLATRIM_MODEL_TYPES, load_model
+from vlatrim.prune.plan import PrunePlan
+from vlatrim.prune.surgery import WIDTHS_KEY, SurgeryResult, _cut_block_width, _locate
+from vlatrim.prune.vocab import RemappedTokenizer, TokenRemap
+from vlatrim.utils.io import atomic_dir, read_json, write_json_atomic
+
+VOCAB_MAP = "vocab_map.json"
+PRUNE_JSON = "prune.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A hash of a model's tensors (names, shapes, dtypes, bytes), for models not loaded from a directory."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], source_dir: str | Path | None = None) -> Path:
+    """Write the pruned model, its side files and ``prune.json`` into ``out`` atomically.
+
+    Args:
+        result: what ``apply_plan`` returned.
+        out: output directory; it must not exist.
+        report: the prune.json content (plan, parameters, source hash), written as is.
+        source_dir: the source checkpoint directory, whose non-weight files are copied along.
+    Returns:
+        ``out``.
+    """
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        if source_dir is not None:
+            for f in sorted(Path(source_dir).iterdir()):
+                if f.is_file() and f.name != "config.json" and f.name != PRUNE_JSON and not f.name.endswith(_WEIGHT_SUFFIXES):
+                    shutil.copy2(f, tmp / f.name)
+        _save_model(result, tmp)
+        if result.tokenizer is not None and not hasattr(result.model, "tokenizer"):
+            result.tokenizer.save_pretrained(tmp)  # replaces the copied tokenizer files
+        if result.remap is not None:
+            write_json_atomic(tmp / VOCAB_MAP, {**result.remap.to_json(), "tokenizer_rewritten": result.tokenizer is not None})
+        write_json_atomic(tmp / PRUNE_JSON, report)
+    return out
+
+
+def _save_model(result: SurgeryResult, tmp: Path) -> None:
+    from transformers import PreTrainedModel
+
+    if isinstance(result.model, PreTrainedModel):
+        # A checkpoint that needs vlatrim's loader stores tensors under the model's own parameter names
+        # (no legacy-key conversion), so the loader can read them with safetensors directly.
+        result.model.save_pretrained(tmp, save_original_format=result.plain_reload)
+    else:  # the reference VLA (or another vlatrim model): its own HF-style save, backbone config inside
+        result.model.save_pretrained(tmp)
+
+
+def _model_class(config_json: dict[str, Any]) -> type:
+    import transformers
+
+    archs = config_json.get("architectures") or []
+    for name in archs:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    raise VlatrimError(
+        f"config.json names architectures {archs}; none is a transformers class this install knows "
+        "(vlatrim never runs remote code)")
+
+
+def narrow_to_recorded_widths(model: nn.Module, locate: Callable[[nn.Module], Any] = _locate) -> bool:
+    """Cut a model freshly built from a pruned config down to the per-block widths recorded in its
+    backbone config (``vlatrim_block_widths``), so the pruned weights load into it. Which rows are kept
+    does not matter (the weights loaded next overwrite them); kept query heads are GQA-consistent (the
+    first ``num_kv_heads`` groups, the first heads of each).
+
+    Model builders that construct a backbone from a stored config (the reference VLA) call this
+    between building and loading weights.
+
+    Returns:
+        True if the config recorded widths (and the model was cut), False if there was nothing to do.
+    """
+    h = locate(model)
+    widths = getattr(h.config, WIDTHS_KEY, None)
+    if not widths:
+        return False
+    heads, mlp = {}, {}
+    for b, lay in enumerate(h.layouts):
+        att = lay.attention
+        nq, nkv = widths["num_heads"][b], widths["num_kv_heads"][b]
+        if (nq, nkv) != (att.num_heads, att.num_kv_heads):
+            g_old, g_new = att.num_heads // att.num_kv_heads, nq // nkv
+            heads[b] = [k * g_old + j for k in range(nkv) for j in range(g_new)]
+        if widths["intermediate_size"][b] != lay.mlp.intermediate_size:
+            mlp[b] = list(range(widths["intermediate_size"][b]))
+    plan = PrunePlan(heads=heads, mlp=mlp)
+    for b in sorted(set(heads) | set(mlp)):
+        _cut_block_width(h, b, plan)
+    return True
+
+
+def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise VlatrimError(f"checkpoint {str(path)!r} has no .safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callable[[nn.Module], Any] = _locate) -> nn.Module:
+    """Load a checkpoint directory, pruned or not: the documented vlatrim loader.
+
+    A checkpoint whose blocks share one width loads with the class's own ``from_pretrained``. One whose
+    config holds ``vlatrim_block_widths`` (per-block widths, or widths the class's config cannot
+    express) is built from its config, each block is cut to its recorded width, and the safetensors
+    weights are loaded strictly.
+
+    Args:
+        path: checkpoint directory (``config.json`` + safetensors).
+        model_cls: the class to load as; default: the first of ``config.json``'s ``architectures``.
+        locate: the backbone locator.
+    Returns:
+        The model in eval mode.
+    """
+    path = Path(path)
+    cfg_json = read_json(path / "config.json", "model config")
+    if model_cls is None and cfg_json.get("model_type") in VLATRIM_MODEL_TYPES:
+        return load_model(path)[0].eval()  # the reference VLA: its own from_pretrained
+    cls = model_cls or _model_class(cfg_json)
+    text_json = cfg_json.get("text_config") if isinstance(cfg_json.get("text_config"), dict) else {}
+    if WIDTHS_KEY not in cfg_json and WIDTHS_KEY not in text_json:
+        return cls.from_pretrained(path).eval()
+    config = cls.config_class.from_pretrained(path)
+    model = cls(config)
+    narrow_to_recorded_widths(model, locate)
+    h = locate(model)
+    state = _load_safetensors_dir(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("weight") and h.lm_head_tied and h.lm_head_path and k.startswith(h.lm_head_path)}
+    if unexpected or set(missing) - tied:
+        raise VlatrimError(
+            f"checkpoint {str(path)!r} does not match its recorded widths (missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        model.get_submodule(h.lm_head_path).weight = model.get_submodule(h.embedding_path).weight
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of a checkpoint directory; after a vocabulary cut, wrapped so its ids are the
+    pruned model's (:class:`RemappedTokenizer`)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if (path / VOCAB_MAP).is_file():
+        vmap = read_json(path / VOCAB_MAP, "vocabulary map")
+        if not vmap.get("tokenizer_rewritten"):  # the saved tokenizer still speaks the old ids
+            return RemappedTokenizer(tok, TokenRemap.from_json(vmap))
+    return tok

@@ -1,0 +1,78 @@
+"""Named training presets: a backbone, VLA architecture overrides and trainer settings.
+
+Each preset registers itself in ``TRAIN_PRESETS``; ``vlatrim train --preset NAME`` starts from it and
+explicit flags override it. The image size is not part of a preset: it comes from the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from vlatrim.registry import Registry
+
+
+@dataclass
+class Preset:
+    """A starting point for a training run.
+
+    Attributes:
+        backbone: backbone spec (``vlatrim.models.backbones``).
+        model: ``VLAConfig`` field overrides (never ``image_size``).
+        trainer: ``TrainerConfig`` field overrides.
+        val_fraction: share of each task's episodes held out for the offline action error.
+        train_word_embeddings: update the backbone's input word embeddings. With a handful of fixed
+            instructions only a few rows ever get gradients, yet AdamW would update the whole
+            vocabulary matrix (half of MiniLM's parameters) every step; freezing it saves that time.
+        description: one line for ``--help`` and the docs.
+    """
+
+    backbone: str = "minilm"
+    model: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.1
+    train_word_embeddings: bool = True
+    description: str = ""
+
+
+TRAIN_PRESETS: Registry[Callable[[], Preset]] = Registry("training preset")
+
+
+@TRAIN_PRESETS.register("default")
+def _default() -> Preset:
+    return Preset(
+        backbone="minilm",
+        model=dict(chunk_size=4, action_head="continuous", continuous_loss="l1"),
+        trainer=dict(steps=3000, batch_size=32, lr=3e-4, warmup_steps=100, checkpoint_every=500),
+        description="pretrained MiniLM-L6, conv encoder, chunk of 4, L1; 3000 steps at batch 32")
+
+
+@TRAIN_PRESETS.register("quick")
+def _quick() -> Preset:
+    # The CPU preset (see docs/training.md for what it reached): MiniLM-L6 as in the H100 probe of
+    # REFERENCE.md, with a 5-stage conv encoder (96 px -> 3x3 = 9 image tokens) so a step is cheap
+    # enough for ~1500 steps in 10 minutes on 2 cores.
+    return Preset(
+        backbone="minilm",
+        model=dict(chunk_size=4, conv_channels=(32, 64, 96, 128, 128), max_text_tokens=12),
+        trainer=dict(steps=1500, batch_size=32, lr=5e-4, warmup_steps=50, checkpoint_every=250, log_every=25),
+        train_word_embeddings=False,
+        description="CPU, <= 10 min: MiniLM-L6, 9 image tokens at 96 px, chunk of 4, L1; 1500 steps at batch 32")
+
+
+@TRAIN_PRESETS.register("mt10")
+def _mt10() -> Preset:
+    return Preset(
+        backbone="minilm",
+        model=dict(chunk_size=4),
+        trainer=dict(steps=20000, batch_size=64, lr=3e-4, warmup_steps=500, checkpoint_every=2000, log_every=50),
+        description="GPU: MT10 x 50 demos; MiniLM-L6, 36 image tokens at 96 px; 20000 steps at batch 64")
+
+
+@TRAIN_PRESETS.register("tiny")
+def _tiny() -> Preset:
+    return Preset(
+        backbone="tiny-bert",
+        model=dict(chunk_size=4, conv_channels=(8, 16, 16, 16), max_text_tokens=8),
+        trainer=dict(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=10, log_every=5),
+        description="smoke test: 2-block width-32 BERT, 20 steps")
