@@ -34,16 +34,21 @@ class EvalCommand:
     """Seed of the episode start configurations (evaluation pool, disjoint from demonstrations)."""
     n_action_steps: int | None = None
     """Actions of each predicted chunk to execute before re-planning (default: the whole chunk)."""
-    image_size: int = 96
-    """Camera image side in pixels (match the policy's training data)."""
+    image_size: int | None = None
+    """Camera image side in pixels (default: the policy's `image_size` attribute if it has one, else 96)."""
     device: str = "cpu"
     """Torch device for checkpoint policies."""
 
     def run(self) -> None:
+        from vlatrim.data.tasks import parse_tasks
         from vlatrim.sim.evaluate import EvalConfig, check_out, evaluate, write_eval
         from vlatrim.sim.policy import load_policy
 
         logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        check_out(self.out)  # before loading a model and minutes of rollouts, not after
+        parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
+        policy = load_policy(self.policy, device=self.device, seed=self.seed)
+        image_size = self.image_size or int(getattr(policy, "image_size", None) or 96)
         cfg = EvalConfig(
             tasks=self.tasks,
             episodes=self.episodes,
@@ -51,11 +56,9 @@ class EvalCommand:
             max_steps=self.max_steps,
             seed=self.seed,
             n_action_steps=self.n_action_steps,
-            image_size=self.image_size,
+            image_size=image_size,
             video_episodes=self.video_episodes if self.video else 0,
         )
-        check_out(self.out)  # before minutes of rollouts, not after
-        policy = load_policy(self.policy, device=self.device, seed=self.seed)
         result, videos = evaluate(policy, cfg, policy_name=self.policy)
         path = write_eval(self.out, result, videos, fps=cfg.video_fps)
         print(json.dumps({"eval": str(path), "mean_success": result.overall["mean_success"],
