@@ -181,10 +181,11 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
         raise VlatrimError(f"method {settings.method!r} left no parameter to train")
     loop = Trainer(trained, train_set, trainer, out, loss_fn=method.loss, save_model=save_trainable,
                    load_model=load_trainable)  # checks batch vs processes before anything is written
-    if not resume:
+    # Every process has checked --out above; only then does the main process write into it.
+    loop.accelerator.wait_for_everyone()
+    if not resume and loop.accelerator.is_main_process:
         ensure_empty_dir(out)
-        if loop.accelerator.is_main_process:
-            write_json_atomic(out / RUN_CONFIG, wanted)
+        write_json_atomic(out / RUN_CONFIG, wanted)
     loop.accelerator.wait_for_everyone()
 
     t0 = time.perf_counter()
