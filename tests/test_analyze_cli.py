@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import transformers as tf
 
 from vlatrim.cli.main import main
@@ -76,3 +77,38 @@ def test_analyze_bad_input(dataset, lm_dir, tmp_path, capsys):
     assert main(["analyze", "--model", str(bert), "--data", str(dataset), "--out", str(tmp_path / "z")]) == 2
     assert "BertModel has no LM head" in capsys.readouterr().err
     assert not any(p.name in ("x", "y", "z") for p in tmp_path.iterdir())
+
+
+def test_analyze_and_inspect_reference_vla(dataset, tmp_path, capsys):
+    """A reference VLA checkpoint (ViT vision blocks + tiny Llama backbone) on the tiny dataset: the action
+    loss, the language and vision pathways, and inspect on the same checkpoint."""
+    from vlatrim.models.reference import ReferenceVLA, VLAConfig
+    from vlatrim.train.data import read_demo_frames
+
+    torch.manual_seed(0)
+    vla = ReferenceVLA.from_backbone(VLAConfig(image_size=16, chunk_size=2, vision_encoder="vit", vit_patch_size=8,
+                                               vit_dim=16, vit_depth=2, vit_heads=2, max_text_tokens=8), "tiny-llama")
+    vla.set_normalization(read_demo_frames(dataset).stats())
+    vla.save_pretrained(tmp_path / "vla")
+    assert main(["inspect", str(tmp_path / "vla"), "--out", str(tmp_path / "i")]) == 0
+    info = json.loads((tmp_path / "i" / "inspect.json").read_text())
+    assert (info["source"]["kind"], info["backbone"]["blocks_path"], info["backbone"]["owner_path"]) == (
+        "vlatrim", "backbone.layers", "backbone")
+    assert [(v["path"], v["num_blocks"]) for v in info["vision"]] == [("vision.encoder.layers", 2)]
+    out = tmp_path / "a"
+    rc = main(["analyze", "--model", str(tmp_path / "vla"), "--data", str(dataset), "--out", str(out),
+               "--batches", "2", "--batch-size", "4", "--scorers", "drop_one", "gateprobe", "block_influence"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["loss"] == {"name": "action l1", "likelihood": "l1", "terms_per_sample": 8}
+    assert res["pathways_scored"] == ["language", "vision"]
+    assert {p: len(v) for p, v in res["scorers"]["gateprobe"]["scores"].items()} == {
+        "backbone.layers": 2, "vision.encoder.layers": 2}
+    assert [r["pathway"] for r in res["pathways"].values()] == ["language", "vision"]
+    assert "pathways.png" in res["plots"]
+    # Calibration data without what the model needs is rejected up front (the model takes 16 px images).
+    vla32 = ReferenceVLA.from_backbone(VLAConfig(image_size=32, chunk_size=2, max_text_tokens=8), "tiny-llama")
+    vla32.set_normalization(read_demo_frames(dataset).stats())
+    vla32.save_pretrained(tmp_path / "vla32")
+    assert main(["analyze", "--model", str(tmp_path / "vla32"), "--data", str(dataset), "--out", str(tmp_path / "b")]) == 2
+    assert "does not fit the model: images are 16 px, the model takes 32 px" in capsys.readouterr().err

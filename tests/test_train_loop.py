@@ -214,3 +214,18 @@ def test_cli_train_and_one_line_errors(tmp_path, dataset_dir, capsys):
     assert main(["train", "--data", str(dataset_dir), "--out", str(tmp_path / "r2"), "--backbone", "gpt-17"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlatrim: unknown backbone 'gpt-17'; valid: ") and "\n" not in err
+
+
+def test_frozen_word_embeddings_stay_pretrained(tmp_path, dataset_dir):
+    from vlatrim.models.backbones import load_backbone
+    from vlatrim.train.run import train_reference
+    from vlatrim.utils.seeding import seed_everything
+
+    train_reference(dataset_dir, tmp_path / "run", preset="tiny", steps=3, train_word_embeddings=False)
+    trained = ReferenceVLA.from_pretrained(tmp_path / "run")
+    seed_everything(0)  # the run's seed: the backbone is the first thing it initialises
+    initial = load_backbone("tiny-bert").model
+    assert torch.equal(trained.backbone.get_input_embeddings().weight, initial.get_input_embeddings().weight)
+    # ...while the rest of the backbone did train.
+    assert not torch.equal(trained.backbone.encoder.layer[0].attention.self.query.weight,
+                           initial.encoder.layer[0].attention.self.query.weight)

@@ -265,8 +265,11 @@ class Trainer:
                 window_n += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == end:
-                    window = _mean_over_processes(acc, window)
-                    last_log = {"step": step, **{k: v / window_n for k, v in window.items()},
+                    keys = sorted(window)
+                    # Each process saw its share of the global batch: log the mean over processes.
+                    means = acc.reduce(torch.tensor([window[k] / window_n for k in keys], device=acc.device),
+                                       reduction="mean").tolist()
+                    last_log = {"step": step, **dict(zip(keys, means)),
                                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                 "samples": step * cfg.batch_size,
                                 "elapsed_s": round(time.perf_counter() - t0, 3)}
@@ -306,16 +309,6 @@ def make_accelerator(config: TrainerConfig):
     return Accelerator(cpu=not use_cuda, mixed_precision=precision,
                        gradient_accumulation_steps=config.grad_accum,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
-
-
-def _mean_over_processes(acc, window: dict[str, float]) -> dict[str, float]:
-    # Each process sees its share of the global batch; the logged loss is the global batch's (the mean
-    # of the equal shares), so a run on N processes logs the same curve as one process.
-    if acc.num_processes == 1 or not window:
-        return window
-    keys = sorted(window)
-    vals = acc.reduce(torch.tensor([window[k] for k in keys], dtype=torch.float64, device=acc.device), "mean")
-    return dict(zip(keys, vals.tolist()))
 
 
 def _truncate_log(path: Path, step: int) -> None:
