@@ -107,6 +107,18 @@ def test_distill_run_pairs_blocks_from_prune_json(dirs, tmp_path):
         assert r["kd_action"] > 0 and r["kd_hidden"] > 0
 
 
+def test_distill_after_a_vocabulary_cut_feeds_the_teacher_its_own_token_ids(dirs, tmp_path):
+    student = tmp_path / "vocab"
+    assert cli(["prune", "--model", str(dirs["teacher"]), "--out", str(student), "--vocab-from", str(dirs["data"])]) == 0
+    assert ReferenceVLA.from_pretrained(student).backbone.config.vocab_size < 100  # the task texts' tokens only
+    recover(student, dirs["data"], tmp_path / "run", teacher=dirs["teacher"], trainer=_trainer("distill", steps=1),
+            settings=RecoverySettings(method="distill", distill=DistillSettings(hidden_weight=1.0)))
+    first = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    # Step 1 runs before any update: a vocabulary-only cut computes exactly what the teacher computes,
+    # provided the teacher reads its own ids (the student's new ids would index other embedding rows).
+    assert first["kd_action"] == 0.0 and first["kd_hidden"] == 0.0
+
+
 def test_resume_into_another_runs_directory_fails_before_training(dirs, tmp_path):
     out = tmp_path / "run"
     recover(dirs["pruned"], dirs["data"], out, trainer=_trainer(steps=2))
