@@ -88,7 +88,9 @@ def test_bench_json_fields_and_pruned_savings(checkpoints, tmp_path, capsys) -> 
         hz = m["control"]["eager"]
         assert hz["query_hz"] == pytest.approx(1e3 / m["latency_ms"]["full"]["eager"]["median_ms"])
         assert hz["actions_per_s"] == pytest.approx(4 * hz["query_hz"])
-        assert m["memory"]["method"].startswith("cpu process RSS") and m["memory"]["peak_bytes"] > 0
+        mem = m["memory"]
+        assert mem["method"].startswith("weights + growth of cpu process RSS")
+        assert mem["peak_bytes"] == m["weight_bytes"] + mem["delta_bytes"] and mem["process_rss_peak_bytes"] > 0
         assert m["weight_bytes"] == 4 * m["params"]["total"] + buffer_bytes  # fp32 weights + normalizer / rotary buffers
     assert m1["relative_to_first"]["params_total"] < 1 and m0["relative_to_first"]["params_total"] == 1
     assert any("CUDA graphs skipped" in n for n in res["notes"])
