@@ -135,21 +135,28 @@ def bench_cpu(steps: int, warmup: int, rounds: int) -> list[dict]:
     return rows
 
 
-def bench_gpu(steps: int, warmup: int, peak_tflops: float) -> dict:
-    """Full fine-tuning of a VLA around a ~1.1B random Llama decoder, bf16 autocast, and its MFU."""
+# ~1.07B non-embedding parameters: 16 blocks x (4 x 2048^2 attention + 3 x 2048 x 8192 MLP).
+GPU_DECODER = dict(model_type="llama", vocab_size=30522, hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
+                   num_key_value_heads=16, intermediate_size=8192, max_position_embeddings=512)
+
+
+def bench_gpu(steps: int, warmup: int, peak_tflops: float, device: str = "cuda", cfg: dict | None = None) -> dict:
+    """Full fine-tuning of a VLA around a ~1.1B random Llama decoder, bf16 autocast, and its MFU.
+
+    ``device`` / ``cfg`` exist so the path can be smoke-tested on a CPU with a tiny decoder.
+    """
     from vlatrim.models.backbones import Backbone, build_backbone_from_config, default_tokenizer
 
-    dev = torch.device("cuda")
-    cfg = dict(model_type="llama", vocab_size=30522, hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
-               num_key_value_heads=16, intermediate_size=8192, max_position_embeddings=512)
+    dev = torch.device(device)
+    cfg = cfg or GPU_DECODER
     torch.manual_seed(0)
-    backbone = Backbone(model=build_backbone_from_config(cfg), tokenizer=default_tokenizer(), name="llama-1.1b-random")
+    backbone = Backbone(model=build_backbone_from_config(cfg), tokenizer=default_tokenizer(), name="llama-random")
     vla = ReferenceVLA.from_backbone(VLAConfig(image_size=96, chunk_size=4, max_text_tokens=12), backbone)
     vla.set_normalization({k: {"mean": [0.0] * 4, "std": [1.0] * 4, "min": [-1.0] * 4, "max": [1.0] * 4}
                            for k in ("observation.state", "action")})
     global BATCH
     BATCH = 64
-    v = Variant("llama-1.1b/full", "full", vla, None, dev, True)
+    v = Variant("random-llama-decoder/full", "full", vla, None, dev, True)
     for _ in range(warmup):
         v.step()
     v.times = [v.step() for _ in range(steps)]
@@ -158,7 +165,8 @@ def bench_gpu(steps: int, warmup: int, peak_tflops: float) -> dict:
     n_body = sum(p.numel() for p in vla.backbone.parameters()) - emb
     seq = vla.config.num_image_tokens + 1 + vla.config.max_text_tokens + vla.config.chunk_size
     flops = 6.0 * n_body * seq * BATCH
-    return {"variant": v.name, "device": torch.cuda.get_device_name(), "precision": "bf16 autocast",
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    return {"variant": v.name, "device": name, "precision": "bf16 autocast",
             "backbone_params_non_embedding": n_body, "sequence_length": seq, "batch_size": BATCH,
             "median_s_per_step": med, "samples_per_s": BATCH / med,
             "model_tflops_per_s": flops / med / 1e12, "peak_tflops_assumed": peak_tflops,
