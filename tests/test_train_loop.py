@@ -125,7 +125,18 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001", "step-0000002"]
 
 
-def test_resume_without_checkpoint_and_bad_settings():
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    frames = synthetic_frames()
+    vla = tiny_vla(frames)
+    ds = ChunkDataset(frames, range(6), T, vla.tokenize)
+    with pytest.raises(VlatrimError, match="nothing to resume: .* holds no complete checkpoint"):
+        Trainer(vla, ds, TrainerConfig(steps=2, batch_size=4), tmp_path).fit(resume=True)
+    Trainer(vla, ds, TrainerConfig(steps=2, batch_size=4, checkpoint_every=1), tmp_path).fit(stop_after=1)
+    with pytest.raises(VlatrimError, match="it was trained with lr=0.0003, this run has lr=0.001"):
+        Trainer(vla, ds, TrainerConfig(steps=2, batch_size=4, lr=1e-3), tmp_path).fit(resume=True)
+
+
+def test_bad_trainer_settings():
     with pytest.raises(VlatrimError, match="batch size 10 is not divisible by grad_accum 3"):
         TrainerConfig(batch_size=10, grad_accum=3)
     with pytest.raises(VlatrimError, match="device 'tpu' is not valid; valid: auto, cpu, cuda"):
