@@ -96,6 +96,19 @@ def test_lora_run_writes_a_plain_checkpoint_and_its_budget(dirs, tmp_path, capsy
     assert all("lora_" in k or ".head." in k or k.endswith("action_queries") for k in ck)
 
 
+def test_lora_on_per_block_widths_reloads_through_the_vlatrim_loader(dirs, tmp_path):
+    from vlatrim.prune import load_pruned
+
+    src = tmp_path / "widths"
+    assert cli(["prune", "--model", str(dirs["teacher"]), "--out", str(src), "--heads", "4,2,4,2"]) == 0
+    recover(src, dirs["data"], tmp_path / "run", trainer=_trainer("lora", steps=2),
+            settings=RecoverySettings(method="lora", lora=LoraSettings(rank=2, train_also=())))
+    before, after = load_pruned(src), load_pruned(tmp_path / "run")
+    assert [b.self_attn.q_proj.out_features for b in after.backbone.layers] == [32, 16, 32, 16]  # 8-wide heads
+    moved = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
+    assert moved and all(k.startswith("backbone.layers.") for k in moved)  # adapters only, merged
+
+
 def test_distill_run_pairs_blocks_from_prune_json(dirs, tmp_path):
     rep = recover(dirs["pruned"], dirs["data"], tmp_path / "run", teacher=dirs["teacher"], trainer=_trainer("distill"),
                   settings=RecoverySettings(method="distill", distill=DistillSettings(hidden_weight=0.5)))
