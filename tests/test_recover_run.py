@@ -242,12 +242,14 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(dirs, tmp_
     # Step 5's forward: steps 1-4 are done and checkpointed at 2 and 4; 5 is lost with the process.
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(flag), "5", "recover", *args, "--out", str(killed)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not flag.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "the child never reached step 5"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 240
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the child never reached step 5"
+            time.sleep(0.05)
+    finally:  # the child sleeps at step 5 until killed: never leave it behind, even when the test fails
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
     assert not (killed / "config.json").exists()
