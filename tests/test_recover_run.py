@@ -96,6 +96,19 @@ def test_lora_run_writes_a_plain_checkpoint_and_its_budget(dirs, tmp_path, capsy
     assert all("lora_" in k or ".head." in k or k.endswith("action_queries") for k in ck)
 
 
+def test_lora_on_per_block_widths_reloads_through_the_vlatrim_loader(dirs, tmp_path):
+    from vlatrim.prune import load_pruned
+
+    src = tmp_path / "widths"
+    assert cli(["prune", "--model", str(dirs["teacher"]), "--out", str(src), "--heads", "4,2,4,2"]) == 0
+    recover(src, dirs["data"], tmp_path / "run", trainer=_trainer("lora", steps=2),
+            settings=RecoverySettings(method="lora", lora=LoraSettings(rank=2, train_also=())))
+    before, after = load_pruned(src), load_pruned(tmp_path / "run")
+    assert [b.self_attn.q_proj.out_features for b in after.backbone.layers] == [32, 16, 32, 16]  # 8-wide heads
+    moved = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
+    assert moved and all(k.startswith("backbone.layers.") for k in moved)  # adapters only, merged
+
+
 def test_distill_run_pairs_blocks_from_prune_json(dirs, tmp_path):
     rep = recover(dirs["pruned"], dirs["data"], tmp_path / "run", teacher=dirs["teacher"], trainer=_trainer("distill"),
                   settings=RecoverySettings(method="distill", distill=DistillSettings(hidden_weight=0.5)))
@@ -229,12 +242,14 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(dirs, tmp_
     # Step 5's forward: steps 1-4 are done and checkpointed at 2 and 4; 5 is lost with the process.
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(flag), "5", "recover", *args, "--out", str(killed)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not flag.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "the child never reached step 5"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 240
+        while not flag.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the child never reached step 5"
+            time.sleep(0.05)
+    finally:  # the child sleeps at step 5 until killed: never leave it behind, even when the test fails
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
     assert not (killed / "config.json").exists()

@@ -358,17 +358,13 @@ def generate_demos(cfg: DemoConfig, out: str | os.PathLike, progress: bool = Tru
 
 def _assemble(out: Path, cfg: DemoConfig, keep: list[tuple[str, int]], stage_dir: Path, report: DemoReport) -> None:
     """Write the staged episodes as one LeRobot dataset, move it into ``out``, drop ``.progress``."""
-    from vlatrim.sim.env import MetaWorldEnv
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
     build = out / PROGRESS_DIR / "build"
     if build.exists():
         shutil.rmtree(build)
-    fps = 80
-    try:  # Meta-World's control rate (render_fps), without creating a renderer
-        with MetaWorldEnv(cfg.tasks[0], render=False) as env:
-            fps = env.fps
-    except Exception:  # pragma: no cover - fps is informational; 80 is Meta-World v3's value
-        pass
+    # Meta-World's control rate: 80 Hz in v3 (frame_skip 5 x 2.5 ms), a class attribute.
+    fps = int(ALL_V3_ENVIRONMENTS[cfg.tasks[0]].metadata.get("render_fps", 80))
     key = f"observation.images.{cfg.camera}"
     with LeRobotWriter(build, metaworld_features(cfg.image_size, cfg.camera), fps=fps, robot_type="sawyer") as w:
         for task, k in keep:
