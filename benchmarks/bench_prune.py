@@ -1,5 +1,6 @@
 """Does depth pruning buy the speed it promises? Backbone latency after removing 50% and 75% of the
-blocks, against the ideal FLOP-proportional speedup.
+blocks, against the ideal FLOP-proportional speedup (and, for comparison, halving every block's heads
+and MLP channels).
 
 For each backbone shape (random weights from a transformers config, no download): build the model,
 prune copies with ``vlatrim.prune`` (keep-first), count forward FLOPs with
@@ -71,6 +72,12 @@ def bench_shape(name: str, cls: type, cfg: object, seq: int, rounds: int, warmup
         keep = BLOCKS - int(round(frac * BLOCKS))
         res = apply_plan(m, PRUNE_METHODS.get("keep-first")(locate_backbone(m), keep))
         variants[f"{int(frac * 100)}%"] = res.model
+    # Width, for comparison: half the heads (whole KV groups) and half the MLP channels in every block.
+    m = copy.deepcopy(base)
+    h = locate_backbone(m)
+    att = h.layouts[0].attention
+    plan = PRUNE_METHODS.get("heads")(h, att.num_heads // 2, mode="kv" if att.num_kv_heads > 1 else "auto")
+    variants["width-50%"] = apply_plan(m, plan.merge(PRUNE_METHODS.get("mlp")(h, 0.5)), h).model
     info = {k: {"blocks": locate_backbone(m).num_blocks, "params": count_params(m), "flops": flops(m, ids)}
             for k, m in variants.items()}
     samples: dict[str, list[float]] = {k: [] for k in variants}
@@ -106,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     results = {name: bench_shape(name, cls, cfg, args.seq, args.rounds, args.warmup) for name, (cls, cfg) in SHAPES.items()}
-    worst = min(v["speedup_vs_ideal"] for r in results.values() for k, v in r["variants"].items() if k != "full")
+    worst = min(v["speedup_vs_ideal"] for r in results.values() for k, v in r["variants"].items() if k in ("50%", "75%"))
     report = {
         "benchmark": "prune: backbone latency after removing 50% / 75% of blocks vs ideal FLOP-proportional speedup",
         "device": {"type": "cpu", "name": cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": args.threads},
@@ -117,7 +124,8 @@ def main() -> None:
         "method": "keep-first pruning via vlatrim.prune.apply_plan; eager fp32 forward of the base model "
                   "(no LM head), batch 1; ideal = FLOPs(full) / FLOPs(pruned) by torch FlopCounterMode; "
                   f"{args.warmup} warm-up calls, then {args.rounds} interleaved rounds x 3 timed calls; medians",
-        "target": "speedup_vs_ideal >= 0.9 at 50% and 75% of blocks removed",
+        "target": "speedup_vs_ideal >= 0.9 at 50% and 75% of blocks removed (width-50%: half the heads and "
+                  "MLP channels of every block, reported for comparison, not part of the target)",
         "worst_speedup_vs_ideal": worst,
         "target_met": worst >= 0.9,
         "results": results,

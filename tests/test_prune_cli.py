@@ -117,6 +117,34 @@ def test_head_scores_from_analysis_pick_the_highest_groups(llama_dir: Path, anal
     assert json.loads((out / "prune.json").read_text())["plan"]["heads"] == {str(b): [2, 3] for b in range(3)}
 
 
+def test_ratio_zero_writes_an_identical_model(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _prune("--model", str(llama_dir), "--out", str(out), "--scores", str(analysis), "--ratio", "0") == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["plan"]["drop_blocks"] == [] and rep["params"]["before"] == rep["params"]["after"]
+    ids = torch.tensor([[5, 9, 17, 33]])
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(out)(input_ids=ids).logits, load_pruned(llama_dir)(input_ids=ids).logits,
+                                   rtol=0, atol=0)
+
+
+def test_budget_counts_explicit_width_cuts(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # Halving every MLP removes 3 x 32 x 3 x 32 = 9,216 of 34,016 (27%): a 0.25 budget needs no block.
+    assert _prune("--model", str(llama_dir), "--out", str(out), "--scores", str(analysis), "--ratio", "0.25",
+                  "--mlp-ratio", "0.5") == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["plan"]["notes"]["width_params_removed"] == 9216 and rep["plan"]["drop_blocks"] == []
+    assert rep["params"]["before"]["backbone"] - rep["params"]["after"]["backbone"] == 9216
+    out2 = tmp_path / "out2"
+    # 0.4 = 13,607: the MLP cut plus one (already slimmed, 9,280 - 3,072 = 6,208) block.
+    assert _prune("--model", str(llama_dir), "--out", str(out2), "--scores", str(analysis), "--ratio", "0.4",
+                  "--mlp-ratio", "0.5") == 0
+    rep2 = json.loads((out2 / "prune.json").read_text())
+    assert rep2["plan"]["drop_blocks"] == [1]
+    assert rep2["params"]["before"]["backbone"] - rep2["params"]["after"]["backbone"] == 9216 + 6208
+
+
 def test_target_params_and_span_and_keep_first(llama_dir: Path, analysis: Path, tmp_path: Path) -> None:
     rep0 = None
     assert _prune("--model", str(llama_dir), "--out", str(tmp_path / "a"), "--keep-first", "1") == 0
@@ -179,6 +207,58 @@ def test_vocab_from_text_keeps_inputs_identical(tmp_path: Path) -> None:
         assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
 
 
+def _bpe_llama_dir(root: Path) -> tuple[Path, list[str]]:
+    """The tiny Llama with a small BPE tokenizer trained offline on a few texts (ids 0/1/2 = pad/bos/eos)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["open the drawer", "close the drawer", "press the red button", "push the block to the goal",
+              "pick up the cup and place it", "turn the faucet left", "slide the window open"] * 4
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=90, special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    d = root / "bpe_llama"
+    TINY_MODELS.get("llama")().save_pretrained(d)
+    tok.save_pretrained(d)
+    return d, ["open the drawer", "press the red button"]
+
+
+def test_vocab_cut_with_a_bpe_tokenizer_goes_through_the_vocab_map(tmp_path: Path) -> None:
+    """BPE cannot be rewritten (its merges would break): the tokenizer is saved unchanged with
+    vocab_map.json, and load_tokenizer() hands out one that speaks the pruned ids."""
+    src, texts = _bpe_llama_dir(tmp_path)
+    data = tmp_path / "tasks.txt"
+    data.write_text("\n".join(texts))
+    out = tmp_path / "out"
+    assert _prune("--model", str(src), "--out", str(out), "--vocab-from", str(data)) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["vocab"]["tokenizer"] == "vocab_map" and (out / "vocab_map.json").is_file()
+    orig, pruned = load_pruned(src), load_pruned(out)
+    tok0, tok1 = load_tokenizer(src), load_tokenizer(out)
+    kept = rep["plan"]["vocab"]
+    for t in texts:
+        e0, e1 = tok0(t, return_tensors="pt"), tok1(t, return_tensors="pt")
+        assert e1["input_ids"].max() < len(kept)
+        with torch.no_grad():
+            l0, l1 = orig(input_ids=e0["input_ids"]).logits, pruned(input_ids=e1["input_ids"]).logits
+        # Same embeddings; the LM head has fewer rows, so its matmul may block differently (float32).
+        torch.testing.assert_close(l1, l0[..., kept], rtol=1e-5, atol=1e-6)
+        assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
+    with pytest.raises(Exception, match="were removed from the vocabulary"):
+        tok1("turn the faucet left")
+
+
+def test_plain_mlp_at_hidden_width_is_refused_before_cutting(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "bert"
+    TINY_MODELS.get("bert")().save_pretrained(src)  # hidden 32, MLP 64
+    out = tmp_path / "out"
+    assert _prune("--model", str(src), "--out", str(out), "--mlp-ratio", "0.5") == 2
+    assert "would keep exactly 32 channels, the hidden size" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_vocab_from_lerobot_dataset(tmp_path: Path) -> None:
     """--vocab-from a LeRobot v3 dataset: its task texts (meta/tasks.parquet) decide the vocabulary."""
     import numpy as np
@@ -220,6 +300,12 @@ BAD = [
     (["--drop-blocks", "1", "--keep-first", "2"], "choose one way to pick blocks"),
     ([], "nothing to prune"),
     (["--drop-blocks", "a,b"], "not a comma-separated list of integers"),
+    (["--scores", "{analysis}", "--target-params", "99999999"], "is outside (0, 34016]"),
+    (["--scores", "{analysis}", "--count", "3"], "block count 3 out of range; valid: 0..2"),
+    (["--scores", "{analysis}", "--span", "3"], "span length 3 out of range; valid: 1..2"),
+    (["--scores", "{analysis}", "--scorer", "nope", "--count", "1"], "has no block scorer 'nope'; it has: angular, cka, drop_one"),
+    (["--heads", "2,2"], "--heads: 2 values for 3 blocks"),
+    (["--dry-run", "--drop-blocks", "1"], "DRY"),  # prints the plan, writes nothing
 ]
 
 
@@ -229,9 +315,14 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(args, message, llama_d
     out = tmp_path / "out"
     args = [a.replace("{analysis}", str(analysis)) for a in args]
     rc = _prune("--model", str(llama_dir), "--out", str(out), *args)
-    err = capsys.readouterr().err.strip()
+    cap = capsys.readouterr()
+    err = cap.err.strip()
     if message is None:
         assert rc == 0 and out.is_dir()
+        return
+    if message == "DRY":
+        assert rc == 0 and "blocks: remove [1] of 3" in cap.out and "dry run: nothing written" in cap.out
+        assert not out.exists() and list(tmp_path.iterdir()) == []
         return
     assert rc == 2
     ours = [l for l in err.splitlines() if l.startswith("vlatrim:")]  # transformers may draw a load bar

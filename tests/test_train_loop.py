@@ -125,7 +125,18 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001", "step-0000002"]
 
 
-def test_resume_without_checkpoint_and_bad_settings():
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    frames = synthetic_frames()
+    vla = tiny_vla(frames)
+    ds = ChunkDataset(frames, range(6), T, vla.tokenize)
+    with pytest.raises(VlatrimError, match="nothing to resume: .* holds no complete checkpoint"):
+        Trainer(vla, ds, TrainerConfig(steps=2, batch_size=4), tmp_path).fit(resume=True)
+    Trainer(vla, ds, TrainerConfig(steps=2, batch_size=4, checkpoint_every=1), tmp_path).fit(stop_after=1)
+    with pytest.raises(VlatrimError, match="it was trained with lr=0.0003, this run has lr=0.001"):
+        Trainer(vla, ds, TrainerConfig(steps=2, batch_size=4, lr=1e-3), tmp_path).fit(resume=True)
+
+
+def test_bad_trainer_settings():
     with pytest.raises(VlatrimError, match="batch size 10 is not divisible by grad_accum 3"):
         TrainerConfig(batch_size=10, grad_accum=3)
     with pytest.raises(VlatrimError, match="device 'tpu' is not valid; valid: auto, cpu, cuda"):
@@ -214,3 +225,18 @@ def test_cli_train_and_one_line_errors(tmp_path, dataset_dir, capsys):
     assert main(["train", "--data", str(dataset_dir), "--out", str(tmp_path / "r2"), "--backbone", "gpt-17"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlatrim: unknown backbone 'gpt-17'; valid: ") and "\n" not in err
+
+
+def test_frozen_word_embeddings_stay_pretrained(tmp_path, dataset_dir):
+    from vlatrim.models.backbones import load_backbone
+    from vlatrim.train.run import train_reference
+    from vlatrim.utils.seeding import seed_everything
+
+    train_reference(dataset_dir, tmp_path / "run", preset="tiny", steps=3, train_word_embeddings=False)
+    trained = ReferenceVLA.from_pretrained(tmp_path / "run")
+    seed_everything(0)  # the run's seed: the backbone is the first thing it initialises
+    initial = load_backbone("tiny-bert").model
+    assert torch.equal(trained.backbone.get_input_embeddings().weight, initial.get_input_embeddings().weight)
+    # ...while the rest of the backbone did train.
+    assert not torch.equal(trained.backbone.encoder.layer[0].attention.self.query.weight,
+                           initial.encoder.layer[0].attention.self.query.weight)

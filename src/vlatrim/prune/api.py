@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from vlatrim.prune.methods.base import check_ratio
 from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
-from vlatrim.prune.surgery import apply_plan, validate_plan
+from vlatrim.prune.surgery import apply_plan, validate_plan, width_savings
 from vlatrim.prune.tokenizer import agrees, can_rewrite, rewrite_wordpiece
 from vlatrim.utils.hashing import dir_sha256
 
@@ -121,12 +121,17 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
         if plan.vocab is not None:
             per_token = handle.hidden_size * (2 if before["lm_head"] else 1)
             vocab_saving = per_token * (handle.vocab_size - len(plan.vocab))
+        # Explicit head / channel cuts count towards the budget too; a block then saves only what its
+        # cut-down self still holds.
+        ws = width_savings(handle, plan)
+        sizes = [lay.num_params - w for lay, w in zip(handle.layouts, ws)]
         name, scores = analysis.block_scores(handle, req.scorer)
         plan = plan.merge(PRUNE_METHODS.get("block-scores")(
             handle, scores, count=req.count, ratio=req.ratio, target_params=req.target_params,
-            backbone_params=before["backbone"], already_removed=vocab_saving))
+            backbone_params=before["backbone"], already_removed=vocab_saving + sum(ws), block_sizes=sizes))
         plan.notes["block_scorer"] = name
         plan.notes["vocab_params_removed"] = vocab_saving
+        plan.notes["width_params_removed"] = sum(ws)
     if plan.vocab is not None and getattr(model, "tokenizer", None) is not None and not can_rewrite(model.tokenizer):
         raise VlatrimError(f"vocabulary: {type(model).__name__} tokenizes with its own {type(model.tokenizer).__name__}, "
                            "which vlatrim can only rewrite when it is WordPiece; prune the vocabulary of this model's backbone checkpoint instead")

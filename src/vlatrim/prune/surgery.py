@@ -62,6 +62,12 @@ def validate_plan(handle: Any, plan: PrunePlan) -> None:
         if mlp is None:
             raise VlatrimError(f"mlp: block {b} has no MLP layout vlatrim can cut")
         as_index(chans, mlp.intermediate_size, f"MLP channels of block {b}")
+        if mlp.kind == "plain" and len(set(chans)) == handle.hidden_size:
+            # The adapters tell a plain MLP's up and down projections apart by their shapes; at width ==
+            # hidden size both are square and the cut model could not be located again.
+            raise VlatrimError(f"mlp: block {b} would keep exactly {handle.hidden_size} channels, the hidden size, "
+                               f"which vlatrim cannot tell apart in a {type(handle.blocks[b]).__name__}; keep "
+                               f"{handle.hidden_size - 1} or {handle.hidden_size + 1}")
     if plan.vocab is not None:
         if handle.embedding_path is None:
             raise VlatrimError("vocabulary: this model has no token embedding to shrink")
@@ -71,6 +77,31 @@ def validate_plan(handle: Any, plan: PrunePlan) -> None:
             raise VlatrimError("--drop-lm-head: this model has no LM head")
         if handle.owner_path != "" and handle.vision:
             raise VlatrimError("--drop-lm-head: only for text backbones used by a VLA with a regression head, not for a VLM whose head sits beside its vision tower")
+
+
+def width_savings(handle: Any, plan: PrunePlan) -> list[int]:
+    """Parameters the plan's head and channel cuts remove from each block, by arithmetic on the layouts
+    (no cutting): a query head owns head_dim rows of q (+bias) and columns of o, a KV head head_dim rows
+    of k and v (+biases), a channel one row of each input projection (+bias) and one column of down."""
+    out = []
+    d = handle.hidden_size
+    for b, (blk, lay) in enumerate(zip(handle.blocks, handle.layouts)):
+        saved = 0
+        att, mlp = lay.attention, lay.mlp
+        if b in plan.heads:
+            g = att.num_heads // att.num_kv_heads
+            rq = att.num_heads - len(plan.heads[b])
+            rkv = att.num_kv_heads - len({q // g for q in plan.heads[b]})
+            qb = int(blk.get_submodule(att.qkv or att.q).bias is not None)
+            kb = int(blk.get_submodule(att.qkv or att.k).bias is not None)
+            saved += rq * att.head_dim * (2 * d + qb) + rkv * att.head_dim * 2 * (d + kb)
+        if b in plan.mlp:
+            r = mlp.intermediate_size - len(plan.mlp[b])
+            ins = [mlp.gate_up] if mlp.kind == "fused_gated" else [p for p in (mlp.up, mlp.gate) if p]
+            per = sum((2 if mlp.kind == "fused_gated" else 1) * (d + int(blk.get_submodule(p).bias is not None)) for p in ins)
+            saved += r * (per + d)
+        out.append(saved)
+    return out
 
 
 def _cut_block_width(handle: Any, b: int, plan: PrunePlan) -> None:

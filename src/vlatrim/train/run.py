@@ -43,19 +43,20 @@ def resolve_run_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]
             ``seed``, ``device``, ...); None values mean "the preset's".
 
     Returns:
-        ``{"preset", "backbone", "model", "trainer", "val_fraction"}`` (validated).
+        ``{"preset", "backbone", "model", "trainer", "val_fraction", "train_word_embeddings"}`` (validated).
     """
     p = TRAIN_PRESETS.get(preset)()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     backbone = overrides.pop("backbone", p.backbone)
     val_fraction = overrides.pop("val_fraction", p.val_fraction)
+    train_word_embeddings = overrides.pop("train_word_embeddings", p.train_word_embeddings)
     trainer = TrainerConfig.from_dict({**p.trainer, **overrides})
     model = dict(p.model)
     if "image_size" in model:
         raise VlatrimError(f"preset {preset!r} sets image_size; it must come from the dataset")
     VLAConfig.from_dict(model)  # validate the architecture before any data is read
     return {"preset": preset, "backbone": backbone, "model": _jsonable(model), "trainer": trainer.to_dict(),
-            "val_fraction": val_fraction}
+            "val_fraction": val_fraction, "train_word_embeddings": train_word_embeddings}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +123,8 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
 
     seed_everything(trainer_cfg.seed)
     model = ReferenceVLA.from_backbone(model_cfg, settings["backbone"])
+    if not settings.get("train_word_embeddings", True):
+        model.backbone.get_input_embeddings().weight.requires_grad_(False)
     # Statistics of the training episodes only: held-out episodes stay unseen.
     model.set_normalization(frames.stats(train_eps))
     train_set = ChunkDataset(frames, train_eps, model_cfg.chunk_size, model.tokenize)

@@ -46,6 +46,10 @@ CHECKPOINTS_DIR = "checkpoints"
 LOG_FILE = "log.jsonl"
 STATE_PT = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
+# Settings that change the trained weights: a checkpoint resumes only into a run with the same ones
+# (device, logging and checkpoint cadence may differ).
+RESULT_SETTINGS = ("steps", "batch_size", "grad_accum", "lr", "weight_decay", "beta1", "beta2", "warmup_steps",
+                   "min_lr_ratio", "grad_clip", "seed")
 
 
 def default_loss(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +176,11 @@ class Trainer:
         except Exception as e:  # a truncated / foreign file: name it, do not show a pickle traceback
             raise VlatrimError(f"trainer state {str(path / STATE_PT)!r} cannot be read ({type(e).__name__})") from None
         state["step"] = int(meta["step"])
+        saved = meta.get("config", {})
+        for key in RESULT_SETTINGS:
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise VlatrimError(f"cannot resume from {str(path)!r}: it was trained with {key}={saved[key]!r}, "
+                                   f"this run has {key}={getattr(self.config, key)!r}")
         return state
 
     # ------------------------------------------------------------------ the loop
@@ -265,7 +274,11 @@ class Trainer:
                 window_n += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == end:
-                    last_log = {"step": step, **{k: v / window_n for k, v in window.items()},
+                    keys = sorted(window)
+                    # Each process saw its share of the global batch: log the mean over processes.
+                    means = acc.reduce(torch.tensor([window[k] / window_n for k in keys], device=acc.device),
+                                       reduction="mean").tolist()
+                    last_log = {"step": step, **dict(zip(keys, means)),
                                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                 "samples": step * cfg.batch_size,
                                 "elapsed_s": round(time.perf_counter() - t0, 3)}

@@ -31,6 +31,7 @@ from vlatrim.models.reference.vision import VISION_ENCODERS
 from vlatrim.utils.io import read_json
 
 NORMALIZATION_FILE = "normalization.json"
+PER_BLOCK_WIDTHS_KEY = "vlatrim_block_widths"  # written into the backbone config by vlatrim.prune
 TOKENIZER_DIR = "tokenizer"  # a subdirectory: the root config.json is the VLA's, not a tokenizer's
 
 
@@ -120,6 +121,12 @@ class ReferenceVLA(nn.Module):
         # The random initialisation below is overwritten by the weights; keep the caller's RNG as it was.
         with torch.random.fork_rng(devices=[]):
             model = cls(config, build_backbone_from_config(raw["backbone"]), tokenizer)
+        if PER_BLOCK_WIDTHS_KEY in raw["backbone"]:
+            # Blocks cut to different widths: a transformers config cannot express them, so the pruning
+            # surgery records them and cuts the freshly built blocks to match before the weights load.
+            from vlatrim.prune import narrow_to_recorded_widths
+
+            narrow_to_recorded_widths(model)
         load_weights(path, model, device="cpu")
         model.set_normalization(read_json(path / NORMALIZATION_FILE, what="normalization statistics"))
         return model.to(device).eval()

@@ -29,7 +29,8 @@ def blocks_for_budget(order: Sequence[int], sizes: Sequence[int], to_remove: int
 
 @PRUNE_METHODS.register("block-scores")
 def by_scores(handle: Any, scores: Sequence[float], count: int | None = None, ratio: float | None = None,
-              target_params: int | None = None, backbone_params: int | None = None, already_removed: int = 0) -> PrunePlan:
+              target_params: int | None = None, backbone_params: int | None = None, already_removed: int = 0,
+              block_sizes: Sequence[int] | None = None) -> PrunePlan:
     """Plan removing the blocks with the LOWEST scores (higher = more important).
 
     Exactly one of ``count`` (blocks to remove), ``ratio`` (fraction of ``backbone_params`` to remove) or
@@ -39,7 +40,8 @@ def by_scores(handle: Any, scores: Sequence[float], count: int | None = None, ra
         handle: the located backbone.
         scores: one importance score per block.
         backbone_params: the backbone's parameter count (``params_by_component(h)["backbone"]``).
-        already_removed: parameters other parts of the plan (vocabulary) already remove.
+        already_removed: parameters other parts of the plan (vocabulary, width cuts) already remove.
+        block_sizes: what removing each block still saves given those other cuts (default: its size).
     """
     n = handle.num_blocks
     s = torch.as_tensor(list(scores), dtype=torch.float64)
@@ -64,7 +66,8 @@ def by_scores(handle: Any, scores: Sequence[float], count: int | None = None, ra
                 raise VlatrimError(f"--target-params {target_params} is outside (0, {backbone_params}] (the backbone's size)")
             to_remove = backbone_params - int(target_params)
             notes = {"target_params": int(target_params)}
-        drop = blocks_for_budget(order, block_params(handle), max(0, to_remove - already_removed), n)
+        sizes = list(block_sizes) if block_sizes is not None else block_params(handle)
+        drop = blocks_for_budget(order, sizes, max(0, to_remove - already_removed), n)
         notes["params_to_remove"] = to_remove
     notes["block_scores"] = s.tolist()
     return PrunePlan(drop_blocks=drop, methods=["block-scores"], notes=notes)

@@ -1,0 +1,272 @@
+"""``vlatrim bench``: parameters, FLOPs, latency, control frequency and peak memory of models.
+
+For a reference VLA checkpoint (pruned or not) two forwards are measured on fixed synthetic inputs of
+the model's own shapes (a random image, a state, one tokenized instruction):
+
+- ``full``: observation -> action chunk (vision encoder, projector, backbone, action head, decoding);
+- ``backbone``: the language backbone alone on the same multimodal sequence (what pruning shortens).
+
+A transformers text model gets the backbone forward (``--seq-len`` random tokens) and its full forward
+(with the LM head, when it has one). Each forward is timed in every requested execution mode
+(``vlatrim.bench.modes``); modes that cannot run here are recorded with the reason. ``bench.json``
+(schema in docs/study.md, "bench.json") lists every model and, relative to the first, the ratios.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from vlatrim.bench.flops import backbone_flops, counted_flops, eager_attention
+from vlatrim.bench.latency import measure_latency
+from vlatrim.bench.memory import peak_memory, weight_bytes
+from vlatrim.bench.modes import MODES, ModeUnavailable
+from vlatrim.bench.params import count_params, params_by_component
+from vlatrim.errors import VlatrimError
+from vlatrim.utils.io import read_json, write_json_atomic
+
+BENCH_SCHEMA_VERSION = 1
+BENCH_FILE = "bench.json"
+INSTRUCTION = "open the drawer"  # any task text: the sequence length is fixed by max_text_tokens
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {"type": device.type, "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+        info["cpu_count"] = os.cpu_count()
+    return info
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VlatrimError(f"--device {device!r} needs CUDA, which this machine lacks; valid here: cpu, auto")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise VlatrimError(f"--device {device!r} is not valid; valid: cpu, cuda, cuda:N, auto")
+    return torch.device(device)
+
+
+def _forwards(model: nn.Module, handle: Any, batch_size: int, seq_len: int, device: torch.device,
+              seed: int) -> tuple[Callable[[], object], Callable[[], object], dict[str, Any]]:
+    """(full forward, backbone-only forward, sequence description) on fixed synthetic inputs."""
+    g = torch.Generator().manual_seed(seed)
+    owner = handle.owner
+    captured: dict[str, Any] = {}
+    if hasattr(model, "encode") and hasattr(model, "tokenize"):  # the reference VLA
+        cfg = model.config
+        s = cfg.image_size
+        images = torch.randint(0, 256, (batch_size, s, s, 3), generator=g, dtype=torch.uint8).to(device)
+        states = torch.randn(batch_size, cfg.state_dim, generator=g).to(device)
+        ids, mask = model.tokenize([INSTRUCTION] * batch_size)
+        ids, mask = ids.to(device), mask.to(device)
+
+        def full() -> torch.Tensor:
+            h, _ = model.encode(images, states, ids, mask)  # (B, T, D)
+            return model.action_normalizer.unnormalize(model.head.decode(model.head(h)))  # (B, T, A)
+
+        def grab(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.update(inputs_embeds=kwargs["inputs_embeds"].detach(), attention_mask=kwargs.get("attention_mask"))
+
+        hook = owner.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                full()
+        finally:
+            hook.remove()
+        seq = {"tokens": int(captured["inputs_embeds"].shape[1]), "image_tokens": int(cfg.num_image_tokens),
+               "state_tokens": 1, "text_tokens": int(cfg.max_text_tokens), "action_queries": int(cfg.chunk_size),
+               "chunk_size": int(cfg.chunk_size)}
+    else:  # a transformers text model: random tokens
+        vocab = int(handle.vocab_size)
+        ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(device)
+        emb = model.get_submodule(handle.embedding_path) if handle.embedding_path else owner.get_input_embeddings()
+        with torch.no_grad():
+            captured.update(inputs_embeds=emb(ids).detach(), attention_mask=torch.ones_like(ids))
+
+        def full() -> object:
+            return model(input_ids=ids)
+
+        seq = {"tokens": seq_len, "chunk_size": None}
+    bb_embeds, bb_mask = captured["inputs_embeds"], captured["attention_mask"]  # (B, S, D), (B, S)
+
+    def backbone() -> object:
+        return owner(inputs_embeds=bb_embeds, attention_mask=bb_mask)  # (B, S, D) hidden states
+
+    return full, backbone, seq
+
+
+def _time_modes(fn: Callable[[], object], modes: Sequence[str], device: torch.device, warmup: int,
+                repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in modes:
+        try:
+            runner = MODES.get(mode)(fn, device)
+        except ModeUnavailable as e:
+            out[mode] = {"skipped": str(e)}
+            continue
+        r = measure_latency(runner, warmup=warmup, repeats=repeats, device=device)
+        out[mode] = {"median_ms": r.median_ms, "min_ms": r.min_ms, "repeats": r.repeats, "warmup": r.warmup}
+    return out
+
+
+def _prune_info(path: Path) -> dict[str, Any] | None:
+    p = path / "prune.json"
+    if not p.is_file():
+        return None
+    info = read_json(p, what="prune record")
+    return {"kept_blocks": info.get("kept_blocks"), "source": (info.get("source") or {}).get("path"),
+            "backbone_ratio_removed": (info.get("params") or {}).get("backbone_ratio_removed")}
+
+
+def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int = 1, modes: Sequence[str] = ("eager",),
+                warmup: int = 5, repeats: int = 20, seq_len: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Measure one checkpoint (see the module docstring).
+
+    Args:
+        path: a vlatrim checkpoint directory (reference VLA, pruned or not) or a transformers model directory.
+        device: where it runs.
+        batch_size: observations (or sequences) per forward.
+        modes: execution modes to time (``vlatrim.bench.modes.MODES``: eager, compile, cuda_graph).
+        warmup: untimed calls before each timing.
+        repeats: timed calls (the median is reported).
+        seq_len: tokens per sequence for a text model (a VLA's sequence comes from its config).
+        seed: seed of the synthetic inputs.
+    Returns:
+        One entry of bench.json's ``models``.
+    """
+    from vlatrim.models.adapters import locate_backbone
+    from vlatrim.prune import load_pruned
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise VlatrimError(f"--model {str(path)!r} is not a checkpoint directory (no config.json)")
+    model = load_pruned(path).to(device).eval()
+    handle = locate_backbone(model)
+    params = params_by_component(handle)
+    params["by_module"] = {n: count_params(m) for n, m in model.named_children()}
+    own = sum(p.numel() for p in model.parameters(recurse=False))  # e.g. the VLA's learned action queries
+    if own:
+        params["by_module"]["(own parameters)"] = own
+    full, backbone, seq = _forwards(model, handle, batch_size, seq_len, device, seed)
+    with eager_attention(handle.owner):  # so the counter sees attention matmuls (SDPA on CPU is invisible)
+        flops_full = counted_flops(full)
+        flops_backbone = counted_flops(backbone)
+    analytic = backbone_flops(handle, batch_size, seq["tokens"])
+    with torch.no_grad():
+        latency = {"full": _time_modes(full, modes, device, warmup, repeats),
+                   "backbone": _time_modes(backbone, modes, device, warmup, repeats)}
+    mem = peak_memory(full, device)
+    entry: dict[str, Any] = {
+        "path": str(path), "name": path.name, "class": type(model).__name__,
+        "num_blocks": len(handle.blocks), "blocks_path": handle.blocks_path, "prune": _prune_info(path),
+        "params": params, "weight_bytes": weight_bytes(model),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "batch_size": batch_size, "sequence": seq,
+        "flops": {"analytic_blocks": analytic,
+                  "counted": {"full": flops_full["total"], "backbone": flops_backbone["total"],
+                              "full_by_op": flops_full["by_op"],
+                              "method": "torch.utils.flop_counter.FlopCounterMode, eager attention"}},
+        "latency_ms": latency,
+        "memory": ({"peak_bytes": mem.peak_bytes, "delta_bytes": mem.delta_bytes, "method": mem.method}
+                   if mem is not None else {"skipped": "no /proc/self/statm on this system"}),
+    }
+    entry["control"] = _control(latency["full"], seq.get("chunk_size"), batch_size)
+    return entry
+
+
+def _control(full: dict[str, Any], chunk: int | None, batch_size: int) -> dict[str, Any]:
+    """Control frequency from the full forward: policy queries per second per environment (one query
+    serves all ``batch_size`` environments at once) and, with a chunk of T actions, T times that."""
+    out: dict[str, Any] = {}
+    for mode, r in full.items():
+        if "median_ms" not in r:
+            continue
+        hz = 1e3 / r["median_ms"]
+        out[mode] = {"query_hz": hz, "actions_per_s": hz * chunk if chunk else None,
+                     "env_steps_per_s_all_envs": hz * chunk * batch_size if chunk else None}
+    return out
+
+
+def _ratios(models: list[dict[str, Any]]) -> None:
+    base = models[0]
+    for m in models:
+        r: dict[str, Any] = {
+            "params_total": m["params"]["total"] / base["params"]["total"],
+            "params_backbone": m["params"]["backbone"] / base["params"]["backbone"],
+            "flops_full": m["flops"]["counted"]["full"] / base["flops"]["counted"]["full"],
+            "flops_backbone": m["flops"]["counted"]["backbone"] / base["flops"]["counted"]["backbone"],
+        }
+        for part in ("full", "backbone"):
+            for mode, t in m["latency_ms"][part].items():
+                b = base["latency_ms"][part].get(mode, {})
+                if "median_ms" in t and "median_ms" in b:
+                    r[f"speedup_{part}_{mode}"] = b["median_ms"] / t["median_ms"]
+        m["relative_to_first"] = r
+
+
+def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, device: str = "cpu", batch_size: int = 1,
+              compile: bool = False, cuda_graphs: bool = False, warmup: int = 5, repeats: int = 20,
+              seq_len: int = 64, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Benchmark several checkpoints in one run and write ``<out>/bench.json`` atomically.
+
+    Args:
+        models: checkpoint directories; ratios are relative to the first.
+        out: output directory (created if needed; bench.json is replaced whole).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        batch_size: observations per forward.
+        compile: also time ``torch.compile`` (on the CPU it needs a C++ compiler; failures are recorded).
+        cuda_graphs: also time CUDA-graph replay (recorded as skipped on the CPU).
+        warmup: untimed calls before each timing.
+        repeats: timed calls per timing (medians reported).
+        seq_len: tokens per sequence for text models.
+        threads: torch CPU threads (default: torch's).
+        progress: tqdm bar over models.
+    Returns:
+        The bench.json content.
+    """
+    from tqdm.auto import tqdm
+
+    if not models:
+        raise VlatrimError("--model needs at least one checkpoint directory")
+    if batch_size < 1 or repeats < 1 or warmup < 0 or seq_len < 1:
+        raise VlatrimError(f"need --batch-size >= 1, --repeats >= 1, --warmup >= 0, --seq-len >= 1; got "
+                           f"{batch_size}, {repeats}, {warmup}, {seq_len}")
+    dev = resolve_device(device)
+    for m in models:
+        if not (Path(m) / "config.json").is_file():
+            raise VlatrimError(f"--model {str(m)!r} is not a checkpoint directory (no config.json)")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    modes = ["eager"] + (["compile"] if compile else []) + (["cuda_graph"] if cuda_graphs else [])
+    notes = []
+    if dev.type == "cpu":
+        notes.append("CPU run: latency on a machine shared with other jobs is noisy; min_ms is the least disturbed")
+        if cuda_graphs:
+            notes.append("CUDA graphs skipped: no CUDA device")
+    entries = [bench_model(m, dev, batch_size, modes, warmup, repeats, seq_len)
+               for m in tqdm(list(models), desc="bench", unit="model", disable=not progress)]
+    _ratios(entries)
+    result = {
+        "schema_version": BENCH_SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(dev),
+        "settings": {"batch_size": batch_size, "modes": modes, "warmup": warmup, "repeats": repeats,
+                     "seq_len_text_models": seq_len, "dtype": "as stored (no autocast)"},
+        "notes": notes,
+        "models": entries,
+    }
+    write_json_atomic(Path(out) / BENCH_FILE, result)
+    return result
