@@ -140,9 +140,13 @@ def test_bad_settings_and_resume_mismatch(study, tmp_path, capsys) -> None:
     assert "ratio 1.0 is not valid" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "y"), "--preset", "tiny", "--data", data, "--scorer", "head_taylor"]) == 2
     assert "scores heads" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "w"), "--preset", "tiny", "--data", data, "--ratios", "0.5,x"]) == 2
+    assert "--ratios takes numbers" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "v"), "--preset", "tiny", "--data", data, "--methods", "full,prune"]) == 2
+    assert "recovery method 'prune' is not valid" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "z"), "--preset", "nope"]) == 2
     assert "unknown study preset 'nope'" in capsys.readouterr().err
-    assert not any((tmp_path / n).exists() for n in "xyz")
+    assert not any((tmp_path / n).exists() for n in "vwxyz")
 
 
 def test_config_block_counts_and_presets() -> None:

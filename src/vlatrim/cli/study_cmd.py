@@ -6,6 +6,22 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from vlatrim.cli.registry import COMMANDS
+from vlatrim.errors import VlatrimError
+
+
+def _items(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Flag values given space- or comma-separated (``--ratios 0.5,0.75`` == ``--ratios 0.5 0.75``)."""
+    if values is None:
+        return None
+    return tuple(x for v in values for x in v.replace(" ", "").split(",") if x)
+
+
+def _floats(values: tuple[str, ...] | None, flag: str) -> tuple[float, ...] | None:
+    items = _items(values)
+    try:
+        return None if items is None else tuple(float(x) for x in items)
+    except ValueError:
+        raise VlatrimError(f"{flag} takes numbers such as 0.5,0.75; got {' '.join(values or ())!r}") from None
 
 
 @dataclass
@@ -19,13 +35,14 @@ class StudyCommand:
     data: Optional[str] = None
     """Use this LeRobot v3 dataset instead of generating Meta-World demonstrations."""
     tasks: Optional[tuple[str, ...]] = None
-    """Meta-World tasks or groups (mt10, easy, ...). Default: the preset's."""
-    ratios: Optional[tuple[float, ...]] = None
-    """Fractions of the language blocks to remove, e.g. 0.5 0.75. Default: the preset's."""
+    """Meta-World tasks or groups, e.g. drawer-close,reach or mt10 / easy. Default: the preset's."""
+    ratios: Optional[tuple[str, ...]] = None
+    """Fractions of the language blocks to remove, e.g. 0.5,0.75 (or 0.5 0.75). Default: the preset's."""
     scorer: Optional[tuple[str, ...]] = None
-    """Block scorer(s) whose ranking decides which blocks go (drop_one, gateprobe, block_influence, ...)."""
+    """Block scorer(s) whose ranking decides which blocks go, e.g. drop_one,gateprobe (drop_one, gateprobe,
+    block_influence, angular, cka, gate_first_order). Default: the preset's."""
     methods: Optional[tuple[str, ...]] = None
-    """Recovery methods: full, lora, distill. Default: the preset's."""
+    """Recovery methods, e.g. full,lora (full, lora, distill). Default: the preset's."""
     episodes_per_task: Optional[int] = None
     """Demonstrations per task. Default: the preset's."""
     train_steps: Optional[int] = None
@@ -47,7 +64,8 @@ class StudyCommand:
         from vlatrim.study.run import run_study
 
         cfg = resolve_study_config(self.preset, dict(
-            tasks=self.tasks, ratios=self.ratios, scorers=self.scorer, methods=self.methods,
+            tasks=_items(self.tasks), ratios=_floats(self.ratios, "--ratios"), scorers=_items(self.scorer),
+            methods=_items(self.methods),
             episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
             eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
         study = run_study(cfg, self.out, data=self.data, resume=self.resume)

@@ -35,6 +35,8 @@ def _quality(study: dict[str, Any], out: Path, metric: str, label: str, fname: s
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s" if name.startswith("recovered") else "o",
                 ls="-" if name.startswith("recovered") else "--", color=colors[i % len(colors)], label=name)
+    if metric == "success_rate":
+        ax.set_ylim(-0.05, 1.05)  # rates: the whole range, so 0 and 1 are not on the frame
     ax.set_xlabel("language blocks kept")
     ax.set_ylabel(label)
     ax.set_xticks(range(1, n + 1))
