@@ -4,3 +4,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+
+# Tiny-model tests are dominated by per-op overhead; one intra-op thread is faster on a 2-core
+# machine and keeps parallel test runs from oversubscribing it.
+torch.set_num_threads(1)

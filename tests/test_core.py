@@ -79,3 +79,15 @@ def test_cli_dispatches_to_registered_dataclass(monkeypatch):
     monkeypatch.setitem(COMMANDS._entries, "zz-probe", {"sub": Probe})
     assert cli_main.main(["zz-probe", "sub", "--n", "7"]) == 0
     assert seen == {"n": 7}
+
+
+def test_atomic_outputs_follow_the_umask_not_mkstemp_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        f = write_json_atomic(tmp_path / "r.json", {})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("")
+    finally:
+        os.umask(old)
+    assert f.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

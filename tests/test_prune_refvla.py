@@ -110,21 +110,7 @@ def test_uniform_width_cut_reloads_with_the_vla_loader(vla_dir: Path, tmp_path: 
     assert a.shape == (2, 4, 4) and torch.isfinite(torch.as_tensor(np.asarray(a))).all()
 
 
-def _builder_narrows() -> bool:
-    """Whether the reference VLA's backbone builder applies recorded per-block widths."""
-    from vlatrim.models.backbones import build_backbone_from_config
-
-    cfg = dict(model_type="llama", vocab_size=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, intermediate_size=8,
-               vlatrim_block_widths={"num_heads": [4, 2], "num_kv_heads": [2, 1], "intermediate_size": [8, 8]})
-    b = build_backbone_from_config(cfg)
-    return locate_backbone(b).layouts[1].attention.num_heads == 2
-
-
 def test_per_block_widths_reload_in_the_vla(tmp_path: Path) -> None:
-    if not _builder_narrows():
-        pytest.skip("vlatrim.models.backbones.build_backbone_from_config does not yet call "
-                    "vlatrim.prune.narrow_to_recorded_widths (per-block widths cannot reload into the VLA)")
     src = tmp_path / "src"
     _vla("tiny-llama").save_pretrained(src)
     out = tmp_path / "out"

@@ -1,42 +1,42 @@
-"""`make demo`: the main job on the embedded default, as far as the pipeline exists today.
+"""`make demo`: the main job, a drop-then-recovery study on the embedded ``demo`` preset.
 
-Each stage runs through the real CLI; stages whose verb is not built yet are listed as missing.
+Generates Meta-World demonstrations, trains the reference VLA (pretrained MiniLM-L6 backbone), scores
+its blocks, prunes a third and two thirds of them, evaluates, recovers (where this build has recovery
+fine-tuning), benchmarks, and writes ``<out>/report.html``. Sized for a 2-core CPU (see
+``vlatrim.study.presets``); an interrupted run continues where it stopped when started again.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from vlatrim.cli import main as cli
-from vlatrim.cli.registry import COMMANDS
-
-# (verb, description) in pipeline order.
-PIPELINE = [
-    ("data", "Meta-World scripted-expert demonstrations -> LeRobotDataset v3"),
-    ("eval", "closed-loop evaluation in Meta-World"),
-    ("train", "train the reference VLA (MiniLM-L6 backbone)"),
-    ("inspect", "locate the language backbone"),
-    ("analyze", "block / head / channel / vocabulary importance"),
-    ("prune", "structural pruning into a reloadable checkpoint"),
-    ("recover", "recovery fine-tuning"),
-    ("bench", "params, latency, memory"),
-    ("study", "the drop-then-recovery sweep and report"),
-]
+from vlatrim.errors import VlatrimError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlatrim.demo")
-    parser.add_argument("--out", default="demo_out")
+    parser = argparse.ArgumentParser(prog="python -m vlatrim.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_out", help="study directory (an unfinished one is resumed)")
+    parser.add_argument("--preset", default="demo", help="study preset (demo, quick, mt10, tiny)")
+    parser.add_argument("--data", default=None, help="use this LeRobot v3 dataset instead of generating demos")
     args = parser.parse_args(argv)
-    cli._load_verbs()
-    present = [v for v, _ in PIPELINE if v in COMMANDS]
-    missing = [(v, d) for v, d in PIPELINE if v not in COMMANDS]
-    print(f"vlatrim demo -> {args.out}")
-    if not present:
-        print("No pipeline stage is built yet.")
-    for verb, desc in missing:
-        print(f"  missing: vlatrim {verb} ({desc})")
+    from vlatrim.cli.study_cmd import summary_table
+    from vlatrim.study.presets import resolve_study_config
+    from vlatrim.study.run import CONFIG_FILE, run_study
+
+    out = Path(args.out)
+    resume = (out / CONFIG_FILE).is_file()  # a previous `make demo` in the same place: continue it
+    try:
+        cfg = resolve_study_config(args.preset, {})
+        print(f"vlatrim demo: study preset {args.preset!r} -> {out}" + (" (resuming)" if resume else ""), flush=True)
+        study = run_study(cfg, out, data=args.data, resume=resume)
+    except VlatrimError as e:
+        print(f"vlatrim: {e}", file=sys.stderr)
+        return 2
+    print(summary_table(study))
+    print(f"\nreport: {(out / 'report.html').resolve()}")
+    print(f"results: {(out / 'study.json').resolve()}")
     return 0
 
 

@@ -15,6 +15,7 @@ A transformers text model gets the backbone forward (``--seq-len`` random tokens
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 import platform
 from pathlib import Path
@@ -168,6 +169,7 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
     with torch.no_grad():
         latency = {"full": _time_modes(full, modes, device, warmup, repeats),
                    "backbone": _time_modes(backbone, modes, device, warmup, repeats)}
+    gc.collect()  # the previous model's memory goes back before this one is measured
     mem = peak_memory(full, device)
     entry: dict[str, Any] = {
         "path": str(path), "name": path.name, "class": type(model).__name__,
@@ -180,11 +182,23 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
                               "full_by_op": flops_full["by_op"],
                               "method": "torch.utils.flop_counter.FlopCounterMode, eager attention"}},
         "latency_ms": latency,
-        "memory": ({"peak_bytes": mem.peak_bytes, "delta_bytes": mem.delta_bytes, "method": mem.method}
-                   if mem is not None else {"skipped": "no /proc/self/statm on this system"}),
+        "memory": _memory_entry(mem, weight_bytes(model), device),
     }
     entry["control"] = _control(latency["full"], seq.get("chunk_size"), batch_size)
     return entry
+
+
+def _memory_entry(mem: Any, weights: int, device: torch.device) -> dict[str, Any]:
+    """Peak memory of one forward. CUDA: the allocator's peak (weights + activations, this model only:
+    the previous model was freed). CPU: the process's RSS also holds whatever earlier models and
+    libraries left behind, so the peak is reported as this model's weights plus the RSS growth during
+    the forward, and the raw process figure beside it."""
+    if mem is None:
+        return {"skipped": "no /proc/self/statm on this system"}
+    if device.type == "cuda":
+        return {"peak_bytes": mem.peak_bytes, "delta_bytes": mem.delta_bytes, "method": mem.method}
+    return {"peak_bytes": weights + mem.delta_bytes, "delta_bytes": mem.delta_bytes,
+            "process_rss_peak_bytes": mem.peak_bytes, "method": f"weights + growth of {mem.method}"}
 
 
 def _control(full: dict[str, Any], chunk: int | None, batch_size: int) -> dict[str, Any]:

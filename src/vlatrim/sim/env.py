@@ -48,7 +48,7 @@ class Step:
 
     raw: np.ndarray  # float32 (39,): Meta-World's observation
     state: np.ndarray  # float32 (4,): hand xyz + gripper opening
-    image: np.ndarray | None  # uint8 (H, W, 3) upright, or None when rendering is off
+    image: np.ndarray | None  # uint8 (H, W, 3) upright, or None when rendering/capture is off
     success: bool  # Meta-World's info["success"] after this step
 
 
@@ -82,6 +82,7 @@ class MetaWorldEnv:
             self.renderer = OffscreenRenderer(
                 self.unwrapped.model, self.image_size, self.image_size, camera, rotate180=camera == "corner"
             )
+        self.capture = render  # render a frame per step; turn off to skip frames a caller ignores
         self.steps = 0
         self.start: tuple[int, int] | None = None
 
@@ -97,7 +98,7 @@ class MetaWorldEnv:
 
     def _observe(self, raw: np.ndarray, success: bool) -> Step:
         raw = np.asarray(raw, dtype=np.float32)
-        image = self.renderer.render(self.unwrapped.data) if self.renderer is not None else None
+        image = self.renderer.render(self.unwrapped.data) if self.renderer is not None and self.capture else None
         return Step(raw=raw, state=raw[:4].copy(), image=image, success=success)
 
     def reset(self, start: tuple[int, int]) -> Step:

@@ -8,12 +8,13 @@ A policy maps a batch of observations to a batch of action chunks::
         "instruction": list[str] (B),     # natural-language instruction of each env's task
         "task": list[str] (B),            # Meta-World task name, e.g. "drawer-open-v3"
         "raw": float32 (B, 39),           # Meta-World's full observation (experts use it)
+        "step": int64 (B,),               # steps so far in each env's episode (0: it just began)
     }
     actions = policy.predict(obs)         # float (B, T, 4) in the env's action space [-1, 1]
 
 The evaluator executes each chunk open-loop for ``min(T, n_action_steps)`` steps before asking again,
 and calls ``policy.reset(n)`` before a batch of ``n`` episodes starts. A policy that ignores pixels
-sets ``uses_images = False`` so the evaluator may skip rendering (it still renders for videos).
+sets ``uses_images = False`` so the evaluator may skip rendering (``obs["image"]`` is then None).
 
 Policies are resolved by ``load_policy(spec)``: ``"expert"`` / ``"random"`` (built-ins) or a checkpoint
 directory whose ``config.json`` has a ``model_type`` registered in ``POLICY_LOADERS``::

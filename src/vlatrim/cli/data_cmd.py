@@ -1,0 +1,65 @@
+"""``vlatrim data metaworld``: scripted-expert demonstrations as a LeRobotDataset v3.0 directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from vlatrim.cli.registry import COMMANDS
+
+
+@dataclass
+class DataMetaWorldCommand:
+    """Roll out Meta-World's scripted experts and write a LeRobotDataset v3.0 directory.
+
+    Failed expert episodes are dropped and counted (more starts are tried, up to 2N+10 per task).
+    An existing --out that holds an unfinished run with the same settings is resumed; any other
+    non-empty --out is refused.
+    """
+
+    tasks: str
+    """Task names, 'mt10', 'mt50' or difficulty groups (easy, medium, hard, very_hard), comma-separated."""
+    episodes_per_task: int
+    """Successful expert episodes to keep per task."""
+    out: str
+    """Output dataset directory (new, empty, or an unfinished run of the same settings to resume)."""
+    image_size: int = 96
+    """Side of the square camera image in pixels."""
+    seed: int = 0
+    """Run seed: picks the start configurations (disjoint from `vlatrim eval` starts)."""
+    workers: int = 1
+    """Worker processes (the dataset does not depend on it)."""
+    max_steps: int = 500
+    """Step limit per expert episode (at most Meta-World's 500)."""
+    camera: str = "corner"
+    """Meta-World camera name."""
+
+    def run(self) -> None:
+        from vlatrim.data.metaworld_demos import DemoConfig, generate_demos
+
+        logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        cfg = DemoConfig(
+            tasks=self.tasks,
+            episodes_per_task=self.episodes_per_task,
+            image_size=self.image_size,
+            seed=self.seed,
+            camera=self.camera,
+            max_steps=self.max_steps,
+            workers=self.workers,
+        )
+        report = generate_demos(cfg, self.out)
+        print(
+            json.dumps(
+                {
+                    "out": self.out,
+                    "episodes": report.episodes,
+                    "frames": report.frames,
+                    "failed_expert_episodes": report.failed,
+                    "frames_per_second": report.frames_per_second,
+                }
+            )
+        )
+
+
+COMMANDS.register("data")({"metaworld": DataMetaWorldCommand})

@@ -1,0 +1,65 @@
+"""``vlatrim eval``: closed-loop success of a policy in Meta-World, written to ``eval.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from vlatrim.cli.registry import COMMANDS
+
+
+@COMMANDS.register("eval")
+@dataclass
+class EvalCommand:
+    """Evaluate a policy (checkpoint directory, 'expert' or 'random') in Meta-World; write eval.json."""
+
+    policy: str
+    """Checkpoint directory (config.json with a registered model_type), or 'expert' / 'random'."""
+    tasks: str
+    """Task names, 'mt10', 'mt50' or difficulty groups (easy, medium, hard, very_hard), comma-separated."""
+    episodes: int
+    """Episodes per task."""
+    out: str
+    """Output directory (new or empty): eval.json and, with --video, videos/*.gif."""
+    workers: int = 1
+    """Environment worker processes; policy calls are batched over them."""
+    max_steps: int = 500
+    """Step limit per episode (at most Meta-World's 500)."""
+    video: bool = False
+    """Record the first --video-episodes episodes of each task as GIFs."""
+    video_episodes: int = 2
+    """Episodes per task to record with --video."""
+    seed: int = 0
+    """Seed of the episode start configurations (evaluation pool, disjoint from demonstrations)."""
+    n_action_steps: int | None = None
+    """Actions of each predicted chunk to execute before re-planning (default: the whole chunk)."""
+    image_size: int | None = None
+    """Camera image side in pixels (default: the policy's `image_size` attribute if it has one, else 96)."""
+    device: str = "cpu"
+    """Torch device for checkpoint policies."""
+
+    def run(self) -> None:
+        from vlatrim.data.tasks import parse_tasks
+        from vlatrim.sim.evaluate import EvalConfig, check_out, evaluate, write_eval
+        from vlatrim.sim.policy import load_policy
+
+        logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        check_out(self.out)  # before loading a model and minutes of rollouts, not after
+        parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
+        policy = load_policy(self.policy, device=self.device, seed=self.seed)
+        image_size = self.image_size or int(getattr(policy, "image_size", None) or 96)
+        cfg = EvalConfig(
+            tasks=self.tasks,
+            episodes=self.episodes,
+            workers=self.workers,
+            max_steps=self.max_steps,
+            seed=self.seed,
+            n_action_steps=self.n_action_steps,
+            image_size=image_size,
+            video_episodes=self.video_episodes if self.video else 0,
+        )
+        result, videos = evaluate(policy, cfg, policy_name=self.policy)
+        path = write_eval(self.out, result, videos, fps=cfg.video_fps)
+        print(json.dumps({"eval": str(path), "mean_success": result.overall["mean_success"],
+                          "per_task": {t: v["success_rate"] for t, v in result.per_task.items()}}))

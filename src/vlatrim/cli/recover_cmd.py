@@ -1,0 +1,103 @@
+"""``vlatrim recover``: fine-tune a pruned VLA so its task performance comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from vlatrim.cli.registry import COMMANDS
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+@COMMANDS.register("recover")
+@dataclass
+class RecoverCommand:
+    """Recovery fine-tuning of a pruned VLA: full, LoRA (merged on save) or distillation from the unpruned teacher."""
+
+    model: str
+    """Checkpoint to recover (a `vlatrim prune` output directory, or any reference-VLA checkpoint)."""
+    data: str
+    """LeRobotDataset v3 directory with the task's demonstrations."""
+    out: str
+    """Run directory: new (or empty), or an interrupted run's with --resume. Ends as a loadable checkpoint."""
+    method: Literal["full", "lora", "distill"] = "full"
+    """full: every parameter; lora: peft adapters on the backbone, merged into the weights on save;
+    distill: full fine-tuning with the teacher's actions (and optionally hidden states) as extra targets."""
+    teacher: Optional[str] = None
+    """The unpruned model (checkpoint directory) to distil from; --method distill only."""
+    steps: int = 500
+    """Optimizer steps (the budget is steps x batch size samples; recorded in recover.json)."""
+    batch_size: int = 32
+    """Samples per optimizer step (global: split over processes under accelerate launch)."""
+    lr: Optional[float] = None
+    """Peak learning rate (AdamW, warm-up then cosine). Default: 1e-4 (full, distill), 5e-4 (lora)."""
+    warmup_steps: Optional[int] = None
+    """Linear warm-up steps. Default: 10% of --steps, at most 50."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (same budget, less memory)."""
+    seed: int = 0
+    """Seed of data order, dropout and LoRA initialisation."""
+    checkpoint_every: int = 100
+    """Steps between resumable checkpoints (trainable weights + optimizer + RNG state)."""
+    log_every: int = 10
+    """Steps between log.jsonl records."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto picks CUDA when available. Under accelerate launch, the launcher decides."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision: auto = bf16 on CUDA, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute backbone activations in the backward pass (for large backbones)."""
+    val_fraction: float = 0.1
+    """Share of each task's episodes held out for the offline action error in recover.json."""
+    resume: bool = False
+    """Continue the run in --out from its newest checkpoint (same model, data and flags required)."""
+    lora_rank: int = 16
+    """LoRA rank r."""
+    lora_alpha: float = 32.0
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input."""
+    lora_targets: str = "all-linear"
+    """Comma-separated linear modules to adapt (suffixes of their dotted paths, e.g. q_proj,v_proj), or all-linear."""
+    lora_scope: str = "backbone"
+    """Module path under which LoRA targets are searched ('' = the whole VLA)."""
+    lora_train_also: str = "head,action_queries"
+    """Comma-separated parameter-name prefixes trained in full next to the adapters ('' = adapters only)."""
+    distill_task_weight: float = 1.0
+    """Weight of the task (behaviour-cloning) loss in --method distill."""
+    distill_action_weight: float = 1.0
+    """Weight of the student-vs-teacher action distance (normalized units)."""
+    distill_action_distance: Literal["l1", "mse"] = "l1"
+    """Distance between continuous action predictions (a discrete head uses KL)."""
+    distill_hidden_weight: float = 0.0
+    """Weight of aligning each kept block's output to its teacher block (prune.json kept_blocks); 0 = off."""
+    distill_temperature: float = 1.0
+    """Softmax temperature of the KL term (discrete action head)."""
+
+    def run(self) -> None:
+        from vlatrim.train.recovery import (DistillSettings, LoraSettings, RecoverySettings, recover,
+                                            recovery_trainer_config)
+
+        settings = RecoverySettings(
+            method=self.method, val_fraction=self.val_fraction, gradient_checkpointing=self.gradient_checkpointing,
+            lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                              targets=_names(self.lora_targets), scope=self.lora_scope,
+                              train_also=_names(self.lora_train_also)),
+            distill=DistillSettings(task_weight=self.distill_task_weight, action_weight=self.distill_action_weight,
+                                    action_distance=self.distill_action_distance,
+                                    hidden_weight=self.distill_hidden_weight, temperature=self.distill_temperature))
+        trainer = recovery_trainer_config(
+            self.method, steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+            grad_accum=self.grad_accum, seed=self.seed, checkpoint_every=self.checkpoint_every,
+            log_every=self.log_every, device=self.device, mixed_precision=self.mixed_precision)
+        summary = recover(self.model, self.data, self.out, settings=settings, trainer=trainer, teacher=self.teacher,
+                          resume=self.resume)
+        if summary:
+            b = summary["budget"]
+            held = summary.get("held_out")
+            err = f", held-out action L1 {held['l1']:.4f}" if held else ""
+            print(f"recovered with {summary['method']}: {b['steps']} steps x {b['batch_size']} = {b['samples']} samples "
+                  f"({b['samples_per_s']:.1f} samples/s on {summary['device']}){err}; model in {self.out}")

@@ -1,0 +1,89 @@
+"""``vlatrim study``: the whole drop-then-recovery sweep -> study.json, plots, report.html."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from vlatrim.cli.registry import COMMANDS
+from vlatrim.errors import VlatrimError
+
+
+def _items(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Flag values given space- or comma-separated (``--ratios 0.5,0.75`` == ``--ratios 0.5 0.75``)."""
+    if values is None:
+        return None
+    return tuple(x for v in values for x in v.replace(" ", "").split(",") if x)
+
+
+def _floats(values: tuple[str, ...] | None, flag: str) -> tuple[float, ...] | None:
+    items = _items(values)
+    try:
+        return None if items is None else tuple(float(x) for x in items)
+    except ValueError:
+        raise VlatrimError(f"{flag} takes numbers such as 0.5,0.75; got {' '.join(values or ())!r}") from None
+
+
+@dataclass
+class StudyCommand:
+    """Demos -> train base -> analyze -> per ratio: prune, eval, recover, eval -> bench; study.json + report.html."""
+
+    out: str
+    """Study directory (new or empty; or a previous study's with --resume)."""
+    preset: str = "demo"
+    """Starting settings: demo (CPU, ~15 min), quick (CPU, a few minutes), mt10 (GPU), tiny (smoke test)."""
+    data: Optional[str] = None
+    """Use this LeRobot v3 dataset instead of generating Meta-World demonstrations."""
+    tasks: Optional[tuple[str, ...]] = None
+    """Meta-World tasks or groups, e.g. drawer-close,reach or mt10 / easy. Default: the preset's."""
+    ratios: Optional[tuple[str, ...]] = None
+    """Fractions of the language blocks to remove, e.g. 0.5,0.75 (or 0.5 0.75). Default: the preset's."""
+    scorer: Optional[tuple[str, ...]] = None
+    """Block scorer(s) whose ranking decides which blocks go, e.g. drop_one,gateprobe (drop_one, gateprobe,
+    block_influence, angular, cka, gate_first_order). Default: the preset's."""
+    methods: Optional[tuple[str, ...]] = None
+    """Recovery methods, e.g. full,lora (full, lora, distill). Default: the preset's."""
+    episodes_per_task: Optional[int] = None
+    """Demonstrations per task. Default: the preset's."""
+    train_steps: Optional[int] = None
+    """Optimizer steps of the base model. Default: the preset's."""
+    recover_steps: Optional[int] = None
+    """Optimizer steps of each recovery run (and of the unpruned control). Default: the preset's."""
+    eval_episodes: Optional[int] = None
+    """Closed-loop episodes per task. Default: the preset's."""
+    closed_loop: Optional[bool] = None
+    """Measure closed-loop success in Meta-World: --closed-loop True / False (False: offline action error
+    only, no rendering). Default: the preset's (True except tiny)."""
+    device: Optional[Literal["auto", "cpu", "cuda"]] = None
+    """Where everything runs. Default: the preset's."""
+    resume: bool = False
+    """Continue the study in --out: finished stages are skipped (settings must match)."""
+
+    def run(self) -> None:
+        from vlatrim.study.presets import resolve_study_config
+        from vlatrim.study.run import run_study
+
+        cfg = resolve_study_config(self.preset, dict(
+            tasks=_items(self.tasks), ratios=_floats(self.ratios, "--ratios"), scorers=_items(self.scorer),
+            methods=_items(self.methods),
+            episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
+            eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
+        study = run_study(cfg, self.out, data=self.data, resume=self.resume)
+        print(summary_table(study))
+        print(f"wrote {self.out}/study.json and {self.out}/report.html")
+
+
+def summary_table(study: dict) -> str:
+    """A plain-text table of the study's variants (what the terminal shows at the end)."""
+    lines = [f"{'variant':28s} {'blocks':>6s} {'success':>8s} {'L1':>8s} {'params':>11s} {'full ms':>8s}"]
+    for r in study["variants"]:
+        sr = "-" if r["success_rate"] is None else f"{r['success_rate']:.2f}"
+        l1 = "-" if r["offline_l1"] is None else f"{r['offline_l1']:.4f}"
+        ms = "-" if r["latency_full_ms"] is None else f"{r['latency_full_ms']:.2f}"
+        pt = "-" if r["params_total"] is None else f"{r['params_total']:,}"
+        lines.append(f"{r['name'][:28]:28s} {r['blocks_kept']:6d} {sr:>8s} {l1:>8s} {pt:>11s} {ms:>8s}")
+    lines += [f"note: {n}" for n in study["notes"]]
+    return "\n".join(lines)
+
+
+COMMANDS.register("study")(StudyCommand)

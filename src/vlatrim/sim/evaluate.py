@@ -1,0 +1,446 @@
+"""Closed-loop evaluation: W environment worker processes, batched policy inference in this process.
+
+Each worker process owns one Meta-World env at a time and runs one episode at a time. The main
+process gathers the latest observation of every worker that waits for an action, calls
+``policy.predict`` once on the whole batch (B <= W), and sends each worker its action chunk; the worker
+executes up to ``n_action_steps`` actions of it on its own (stopping early at success or the step
+limit) and replies with the new observation. Episodes are handed out as workers free up, so a long
+failing episode does not hold the others back.
+
+Every episode is seeded: episode k of a task starts from ``episode_start("eval", seed, k)``, a start
+pool disjoint from the demonstrations'. An exception inside an episode (env, renderer, policy output)
+is recorded as a failed episode with its error; a worker that dies is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlatrim.data.instructions import instruction_for
+from vlatrim.data.tasks import parse_tasks
+from vlatrim.errors import VlatrimError
+from vlatrim.sim.env import MAX_PATH_LENGTH, episode_start
+from vlatrim.sim.metrics import wilson_interval
+from vlatrim.sim.policy import Policy, uses_images
+from vlatrim.sim.procs import exit_with_parent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how."""
+
+    tasks: list[str]
+    """Meta-World task names (a spec string is expanded by ``parse_tasks``)."""
+    episodes: int
+    """Episodes per task."""
+    workers: int = 1
+    """Environment worker processes (the batch size of policy calls is at most this)."""
+    max_steps: int = 500
+    """Step limit per episode (at most Meta-World's 500)."""
+    seed: int = 0
+    """Run seed: picks each episode's start configuration (eval pool, disjoint from demos)."""
+    n_action_steps: int | None = None
+    """Actions of each predicted chunk to execute before asking again (None: the whole chunk)."""
+    image_size: int = 96
+    """Side of the square camera image in pixels (match the policy's training data)."""
+    camera: str = "corner"
+    """Meta-World camera."""
+    render: bool | None = None
+    """Render observations: None = only if the policy uses images; True forces it (benchmarks)."""
+    video_episodes: int = 0
+    """Record the first this-many episodes of each task as GIFs (0: none)."""
+    video_fps: int = 30
+    """Frame rate of the GIFs (Meta-World runs at 80 Hz; 30 plays them at ~0.4x)."""
+
+    def __post_init__(self) -> None:
+        self.tasks = parse_tasks(self.tasks)
+        if self.episodes < 1:
+            raise VlatrimError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.workers < 1:
+            raise VlatrimError(f"--workers must be >= 1, got {self.workers}")
+        if not 1 <= self.max_steps <= MAX_PATH_LENGTH:
+            raise VlatrimError(f"--max-steps must be in 1..{MAX_PATH_LENGTH} (Meta-World's limit), got {self.max_steps}")
+        if self.seed < 0:
+            raise VlatrimError(f"--seed must be >= 0, got {self.seed}")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise VlatrimError(f"--n-action-steps must be >= 1, got {self.n_action_steps}")
+        if not 8 <= self.image_size <= 1024:
+            raise VlatrimError(f"--image-size must be in 8..1024 px, got {self.image_size}")
+        if self.video_episodes < 0:
+            raise VlatrimError(f"video episodes must be >= 0, got {self.video_episodes}")
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    episode: int  # index within the task
+    start: tuple[int, int]  # (MT1 seed, start index) it began from
+    success: bool = False
+    steps: int = 0  # env steps taken (to success, or to the limit)
+    error: str | None = None  # set when the episode crashed
+    seconds: float = 0.0
+
+
+@dataclass
+class EvalResult:
+    """The content of ``eval.json`` (see docs/eval.md)."""
+
+    settings: dict[str, Any]
+    per_task: dict[str, dict[str, Any]]
+    overall: dict[str, Any]
+    episodes: list[dict[str, Any]]
+    timing: dict[str, Any]
+    host: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ worker
+def _worker_main(conn: Connection, parent_pid: int, image_size: int, camera: str, render: bool, renderer: bool) -> None:
+    """Serve episodes over ``conn`` until told to stop. Messages (main -> worker):
+
+    ("reset", task, start, record)  -> ("obs", raw, state, image, frames_or_None)
+    ("act", actions (k, 4), max_steps) -> ("obs", ...) after up to k steps, with ("done", success, steps)
+    ("stop",)
+    """
+    exit_with_parent(parent_pid)
+    from vlatrim.sim.env import MetaWorldEnv
+
+    conn.send(("ready",))  # imports done: the main process starts its clock after all are ready
+
+    envs: dict[str, MetaWorldEnv] = {}
+    env: MetaWorldEnv | None = None
+    record = False
+    frames: list[np.ndarray] = []
+
+    def obs_msg(step: Any, done: bool) -> tuple:
+        out = frames if (done and record) else None
+        return ("obs", step.raw, step.state, step.image if render else None, done, step.success, env.steps, out)
+
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "stop":
+                break
+            try:
+                if msg[0] == "reset":
+                    _, task, start, record = msg
+                    env = envs.get(task)
+                    if env is None:
+                        if len(envs) >= 2:  # episodes arrive task by task; bound GL contexts
+                            envs.pop(next(iter(envs))).close()
+                        env = envs[task] = MetaWorldEnv(task, image_size=image_size, camera=camera, render=renderer)
+                    env.capture = render or record
+                    frames = []
+                    step = env.reset(start)
+                    if record:
+                        frames.append(step.image)
+                    conn.send(obs_msg(step, False))
+                elif msg[0] == "act":
+                    _, actions, max_steps = msg
+                    step = None
+                    for a in actions:  # the chunk runs open-loop here, no round trip per step
+                        step = env.step(a)
+                        if record:
+                            frames.append(step.image)
+                        if step.success or env.steps >= max_steps:
+                            break
+                    done = step.success or env.steps >= max_steps
+                    conn.send(obs_msg(step, done))
+                else:
+                    raise RuntimeError(f"unknown message {msg[0]!r}")
+            except Exception as e:  # the episode fails; the worker lives on with a fresh env
+                if env is not None:
+                    envs = {t: v for t, v in envs.items() if v is not env}
+                    try:
+                        env.close()
+                    except Exception:
+                        pass
+                    env = None
+                tb = traceback.format_exc(limit=3).strip().splitlines()
+                conn.send(("error", f"{type(e).__name__}: {e}", tb[-3:]))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        for e in envs.values():
+            e.close()
+
+
+class _Worker:
+    def __init__(self, ctx: Any, cfg: EvalConfig, render: bool) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(child, os.getpid(), cfg.image_size, cfg.camera, render, render or cfg.video_episodes > 0),
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        self.job: EpisodeResult | None = None
+        self.t0 = 0.0
+        self.obs: tuple | None = None  # latest ("obs", ...) reply, waiting for an action
+        self.record = False
+
+    def wait_ready(self) -> None:
+        try:
+            msg = self.conn.recv()
+        except (EOFError, OSError):
+            raise VlatrimError(f"an evaluation worker failed to start (exit code {self.proc.exitcode})") from None
+        assert msg == ("ready",), msg
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except (OSError, BrokenPipeError):
+            pass
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------------------- main side
+def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: bool = True) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
+    """Run closed-loop episodes of ``policy`` and summarise success.
+
+    Args:
+        policy: the policy (called in this process, batched over workers).
+        cfg: tasks, episodes, workers, limits.
+        policy_name: how the policy was specified (recorded in the settings).
+        progress: show a tqdm bar over episodes.
+
+    Returns:
+        The result (``eval.json`` content) and the recorded frames of video episodes, keyed
+        ``"<task>_ep<k>"`` (uint8 (H, W, 3) frames; empty without ``video_episodes``).
+    """
+    from tqdm.auto import tqdm
+
+    render = cfg.render if cfg.render is not None else uses_images(policy)
+    if cfg.render is False and uses_images(policy):
+        raise VlatrimError("the policy reads images; evaluation with render=False would feed it none")
+    if render or cfg.video_episodes:
+        from vlatrim.sim.render import ensure_gl_backend
+
+        ensure_gl_backend()
+    queue = [
+        EpisodeResult(task, k, episode_start("eval", cfg.seed, k)) for task in cfg.tasks for k in range(cfg.episodes)
+    ]
+    results: list[EpisodeResult] = []
+    videos: dict[str, list[np.ndarray]] = {}
+    n_workers = min(cfg.workers, len(queue))
+    ctx = mp.get_context("spawn")  # fork after GL/torch state in the parent is unsafe
+    t_start = time.perf_counter()
+    workers = [_Worker(ctx, cfg, render) for _ in range(n_workers)]
+    for w in workers:
+        w.wait_ready()
+    policy.reset(n_workers)
+    bar = tqdm(total=len(queue), desc="eval", unit="ep", disable=not progress)
+    env_steps, t_first = 0, None
+    n_calls, batch_sizes, policy_seconds = 0, [], 0.0
+    chunk = cfg.n_action_steps
+
+    def finish(w: _Worker, success: bool, steps: int, error: str | None = None) -> None:
+        job = w.job
+        job.success, job.steps, job.error = success, steps, error
+        job.seconds = round(time.perf_counter() - w.t0, 3)
+        results.append(job)
+        w.job, w.obs = None, None
+        bar.update(1)
+        n_ok = sum(r.success for r in results)
+        bar.set_postfix(success=f"{n_ok}/{len(results)}")
+
+    def start_next(w: _Worker) -> None:
+        nonlocal t_first
+        if not queue:
+            return
+        w.job = queue.pop(0)
+        w.record = w.job.episode < cfg.video_episodes
+        w.t0 = time.perf_counter()
+        t_first = t_first or w.t0
+        w.conn.send(("reset", w.job.task, w.job.start, w.record))
+
+    def restart(i: int) -> None:
+        try:
+            workers[i].close()
+        except Exception:
+            pass
+        workers[i] = _Worker(ctx, cfg, render)
+        workers[i].wait_ready()
+
+    try:
+        for w in workers:
+            start_next(w)
+        while any(w.job is not None for w in workers):
+            # 1) wait until every worker with an episode in flight has replied (a barrier: the
+            #    workers step in parallel, and one batched policy call then serves all of them)
+            while True:
+                waiting = [w for w in workers if w.job is not None and w.obs is None]
+                if not waiting:
+                    break
+                ready = wait([w.conn for w in waiting] + [w.proc.sentinel for w in waiting])
+                for i, w in enumerate(workers):
+                    if w.job is None or w.obs is not None:
+                        continue
+                    if w.conn not in ready and w.proc.sentinel not in ready:
+                        continue
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):
+                        finish(w, False, 0, f"worker process died (exit code {w.proc.exitcode})")
+                        restart(i)
+                        start_next(workers[i])
+                        continue
+                    if msg[0] == "error":
+                        log.warning("episode %s/%d crashed: %s", w.job.task, w.job.episode, msg[1])
+                        finish(w, False, 0, msg[1])
+                        start_next(w)
+                        continue
+                    _, raw, state, image, done, success, steps, frames = msg
+                    if done:
+                        if frames is not None:
+                            videos[f"{w.job.task}_ep{w.job.episode}"] = frames
+                        env_steps += steps
+                        finish(w, bool(success), int(steps))
+                        start_next(w)
+                    else:
+                        w.obs = (raw, state, image, steps)
+            # 2) one batched policy call over every worker waiting for an action
+            batch = [w for w in workers if w.job is not None and w.obs is not None]
+            if not batch:
+                continue
+            obs = {
+                "image": np.stack([w.obs[2] for w in batch]) if render else None,  # (B, H, W, 3) uint8
+                "state": np.stack([w.obs[1] for w in batch]).astype(np.float32),  # (B, 4)
+                "raw": np.stack([w.obs[0] for w in batch]).astype(np.float32),  # (B, 39)
+                "instruction": [instruction_for(w.job.task) for w in batch],
+                "task": [w.job.task for w in batch],
+                "step": np.array([w.obs[3] for w in batch], dtype=np.int64),  # (B,) 0 = first step of an episode
+            }
+            t0 = time.perf_counter()
+            try:
+                actions = np.asarray(policy.predict(obs), dtype=np.float32)  # (B, T, 4)
+                if actions.ndim != 3 or actions.shape[0] != len(batch) or actions.shape[2] != 4 or actions.shape[1] < 1:
+                    raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({len(batch)}, T, 4)")
+                bad = ~np.isfinite(actions).all(axis=(1, 2))  # (B,)
+            except Exception as e:  # the policy failed on this batch: those episodes fail
+                msg = f"policy: {type(e).__name__}: {e}"
+                log.warning("%s", msg)
+                for i, w in enumerate(workers):
+                    if w in batch:
+                        steps = w.obs[3]
+                        finish(w, False, steps, msg)
+                        env_steps += steps
+                        restart(i)  # its env is mid-episode; a fresh worker is simplest
+                        start_next(workers[i])
+                continue
+            policy_seconds += time.perf_counter() - t0
+            n_calls += 1
+            batch_sizes.append(len(batch))
+            for w, a, is_bad in zip(batch, actions, bad):
+                if is_bad:
+                    steps = w.obs[3]
+                    i = workers.index(w)
+                    finish(w, False, steps, "policy returned non-finite actions")
+                    env_steps += steps
+                    restart(i)
+                    start_next(workers[i])
+                    continue
+                k = a.shape[0] if chunk is None else min(chunk, a.shape[0])
+                w.conn.send(("act", a[:k], cfg.max_steps))
+                w.obs = None
+    finally:
+        bar.close()
+        for w in workers:
+            w.close()
+    t_end = time.perf_counter()
+    results.sort(key=lambda r: (cfg.tasks.index(r.task), r.episode))
+    return _summarise(cfg, policy_name, render, results, t_start, t_first or t_start, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers), videos
+
+
+def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers) -> EvalResult:
+    per_task: dict[str, dict[str, Any]] = {}
+    for task in cfg.tasks:
+        rs = [r for r in results if r.task == task]
+        k = sum(r.success for r in rs)
+        lo, hi = wilson_interval(k, len(rs))
+        per_task[task] = {
+            "success_rate": k / len(rs),
+            "successes": k,
+            "episodes": len(rs),
+            "wilson95": [lo, hi],
+            "mean_steps": float(np.mean([r.steps for r in rs])),
+            "mean_steps_success": float(np.mean([r.steps for r in rs if r.success])) if k else None,
+            "errors": sum(r.error is not None for r in rs),
+            "instruction": instruction_for(task),
+        }
+    k_all = sum(r.success for r in results)
+    lo, hi = wilson_interval(k_all, len(results))
+    overall = {
+        "mean_success": float(np.mean([v["success_rate"] for v in per_task.values()])),  # mean over tasks
+        "pooled_success": k_all / len(results),
+        "successes": k_all,
+        "episodes": len(results),
+        "wilson95_pooled": [lo, hi],
+        "errors": sum(r.error is not None for r in results),
+    }
+    rollout = max(t_end - t_first, 1e-9)
+    settings = {**asdict(cfg), "policy": policy_name, "render": render, "workers_used": n_workers}
+    timing = {
+        "wall_seconds": round(t_end - t_start, 3),
+        "rollout_seconds": round(rollout, 3),  # first reset to the end: excludes process start-up, includes env creation
+        "env_steps": env_steps,
+        "env_steps_per_second": round(env_steps / rollout, 2),
+        "episodes_per_second": round(len(results) / rollout, 4),
+        "policy_calls": n_calls,
+        "mean_batch_size": round(float(np.mean(batch_sizes)), 3) if batch_sizes else 0.0,
+        "policy_seconds": round(policy_seconds, 3),
+    }
+    host = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "mujoco_gl": os.environ.get("MUJOCO_GL")}
+    return EvalResult(settings, per_task, overall, [asdict(r) for r in results], timing, host)
+
+
+def write_eval(out: str | os.PathLike, result: EvalResult, videos: dict[str, list[np.ndarray]], fps: int = 30) -> Path:
+    """Write ``eval.json`` (and ``videos/*.gif``) into the directory ``out`` (atomically, all or nothing).
+
+    ``out`` must be absent or empty; returns the path of ``eval.json``.
+    """
+    import imageio.v3 as iio
+
+    from vlatrim.utils.io import atomic_dir, write_json_atomic
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VlatrimError(f"--out {str(out)!r} exists and is not an empty directory; choose a new one or remove it")
+    try:
+        with atomic_dir(out, overwrite=True) as tmp:
+            for name, frames in videos.items():
+                (tmp / "videos").mkdir(exist_ok=True)
+                iio.imwrite(tmp / "videos" / f"{name}.gif", np.stack(frames), duration=1000 / fps, loop=0)
+            write_json_atomic(tmp / "eval.json", asdict(result))
+    except OSError as e:
+        raise VlatrimError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
+    return out / "eval.json"
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """Refuse an ``--out`` that is a file, non-empty, or in an unwritable place, before a long run."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VlatrimError(f"--out {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory or remove it")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise VlatrimError(f"--out {str(out)!r} is not writable ({str(parent)!r} is read-only)")

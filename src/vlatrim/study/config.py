@@ -1,0 +1,122 @@
+"""The settings of one drop-then-recovery study (one dataclass, every field documented, validated)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from vlatrim.errors import VlatrimError
+
+RECOVERY_METHODS = ("full", "lora", "distill")
+
+
+@dataclass
+class StudyConfig:
+    """Everything that decides a study's results; ``study_config.json`` records it and a resumed run
+    must match it."""
+
+    tasks: tuple[str, ...] = ("drawer-close",)
+    """Meta-World tasks (names or groups such as mt10 / easy) for demonstrations and evaluation."""
+    episodes_per_task: int = 10
+    """Successful scripted-expert demonstrations per task (when the study generates its own data)."""
+    image_size: int = 64
+    """Camera image side in pixels (demonstrations and evaluation)."""
+    data_seed: int = 0
+    """Seed of the demonstration start configurations."""
+    train_preset: str = "quick"
+    """``vlatrim train`` preset the base model starts from (see ``vlatrim.train.presets``)."""
+    backbone: str | None = None
+    """Language backbone spec; None: the training preset's."""
+    train_steps: int = 300
+    """Optimizer steps of the base model."""
+    batch_size: int = 32
+    """Samples per optimizer step (base training and recovery)."""
+    lr: float | None = None
+    """Peak learning rate of base training; None: the preset's."""
+    analysis_scorers: tuple[str, ...] = ("drop_one", "block_influence", "gateprobe")
+    """Block scorers computed on the base model (the scorer comparison); must include every pruning scorer."""
+    scorers: tuple[str, ...] = ("drop_one",)
+    """Block scorers whose ranking the sweep prunes by (one pruned variant per scorer and ratio)."""
+    analysis_batches: int = 4
+    """Calibration batches of the analysis (held-out episodes)."""
+    analysis_batch_size: int = 16
+    """Samples per calibration batch."""
+    ratios: tuple[float, ...] = (0.5,)
+    """Fractions of the backbone's blocks to remove; each becomes round(ratio * blocks), at least 1 and
+    at most blocks - 1 (repeated counts are swept once)."""
+    methods: tuple[str, ...] = ("full",)
+    """Recovery fine-tuning methods (``vlatrim recover``): full, lora, distill."""
+    recover_steps: int = 100
+    """Optimizer steps of each recovery run; the unpruned control gets the same budget."""
+    recover_lr: float | None = None
+    """Peak learning rate of recovery; None: recovery's default."""
+    eval_episodes: int = 10
+    """Closed-loop evaluation episodes per task (unseen start configurations)."""
+    eval_max_steps: int = 200
+    """Step limit per evaluation episode (Meta-World's own limit is 500)."""
+    eval_workers: int = 1
+    """Parallel evaluation worker processes."""
+    closed_loop: bool = True
+    """Evaluate success in Meta-World (needs rendering); False: offline held-out action error only."""
+    bench_repeats: int = 10
+    """Timed forwards per latency measurement (medians reported)."""
+    bench_batch_size: int = 1
+    """Observations per forward in the benchmark (1 = one robot)."""
+    device: str = "cpu"
+    """Where training, analysis, evaluation and benchmarks run: cpu, cuda, auto."""
+    seed: int = 0
+    """Seed of training, recovery and evaluation."""
+
+    def __post_init__(self) -> None:
+        from vlatrim.analyze.base import SCORERS
+        import vlatrim.analyze.scorers  # noqa: F401  (registers the scorers)
+        from vlatrim.data.tasks import parse_tasks
+
+        self.tasks = tuple(parse_tasks(list(self.tasks)))
+        self.ratios = tuple(float(r) for r in self.ratios)
+        self.scorers, self.analysis_scorers, self.methods = tuple(self.scorers), tuple(self.analysis_scorers), tuple(self.methods)
+        for name in ("episodes_per_task", "image_size", "train_steps", "batch_size", "analysis_batches",
+                     "analysis_batch_size", "recover_steps", "eval_episodes", "eval_max_steps", "eval_workers",
+                     "bench_repeats", "bench_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise VlatrimError(f"study setting {name}={v!r} must be a positive integer")
+        if not self.ratios:
+            raise VlatrimError("--ratios needs at least one fraction of blocks to remove, e.g. 0.5")
+        for r in self.ratios:
+            if not 0.0 < r < 1.0:
+                raise VlatrimError(f"ratio {r!r} is not valid; a fraction of blocks to remove must be in (0, 1)")
+        if not self.scorers:
+            raise VlatrimError("--scorer needs at least one block scorer")
+        for s in (*self.analysis_scorers, *self.scorers):
+            SCORERS.get(s)
+            if SCORERS.get(s).unit != "block":
+                raise VlatrimError(f"scorer {s!r} scores {SCORERS.get(s).unit}s; the sweep needs a block scorer")
+        missing = [s for s in self.scorers if s not in self.analysis_scorers]
+        if missing:  # the sweep's scorers are always computed
+            self.analysis_scorers = self.analysis_scorers + tuple(missing)
+        for m in self.methods:
+            if m not in RECOVERY_METHODS:
+                raise VlatrimError(f"recovery method {m!r} is not valid; valid: {', '.join(RECOVERY_METHODS)}")
+        if self.eval_max_steps > 500:
+            raise VlatrimError(f"eval_max_steps={self.eval_max_steps} exceeds Meta-World's 500-step limit")
+        if self.device not in ("cpu", "auto") and not self.device.startswith("cuda"):
+            raise VlatrimError(f"device {self.device!r} is not valid; valid: cpu, cuda, cuda:N, auto")
+
+    def block_counts(self, num_blocks: int) -> list[int]:
+        """Blocks to remove for each ratio (deduplicated, ascending), for a backbone of ``num_blocks``."""
+        if num_blocks < 2:
+            raise VlatrimError(f"the base model has {num_blocks} backbone block(s); a sweep needs at least 2")
+        return sorted({min(max(int(round(r * num_blocks)), 1), num_blocks - 1) for r in self.ratios})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise VlatrimError(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**data)

@@ -1,0 +1,110 @@
+"""The study's figures (matplotlib, PNG): quality vs blocks kept (base / dropped / recovered),
+latency and parameters vs blocks kept, and the block scorers side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _quality(study: dict[str, Any], out: Path, metric: str, label: str, fname: str) -> str | None:
+    rows = [r for r in study["variants"] if r.get(metric) is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = study["base"]["num_blocks"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r in rows:
+        if r["kind"] == "base":
+            ax.axhline(r[metric], color="black", ls="--", label=f"base ({n} blocks)")
+        elif r["kind"] == "control":
+            ax.axhline(r[metric], color="gray", ls=":", label=f"base + {r['method']} fine-tuning (control)")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["kind"] == "dropped":
+            series.setdefault(f"dropped ({r['scorer']})", []).append((r["blocks_kept"], r[metric]))
+        elif r["kind"] == "recovered":
+            series.setdefault(f"recovered {r['method']} ({r['scorer']})", []).append((r["blocks_kept"], r[metric]))
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s" if name.startswith("recovered") else "o",
+                ls="-" if name.startswith("recovered") else "--", color=colors[i % len(colors)], label=name)
+    if metric == "success_rate":
+        ax.set_ylim(-0.05, 1.05)  # rates: the whole range, so 0 and 1 are not on the frame
+    ax.set_xlabel("language blocks kept")
+    ax.set_ylabel(label)
+    ax.set_xticks(range(1, n + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(label + " vs blocks kept")
+    fig.tight_layout()
+    fig.savefig(out / fname, dpi=110)
+    plt.close(fig)
+    return fname
+
+
+def _efficiency(study: dict[str, Any], out: Path) -> str | None:
+    rows = sorted((r for r in study["variants"] if r["kind"] in ("base", "dropped") and r.get("params_total")),
+                  key=lambda r: (r.get("scorer") or "", r["blocks_kept"]))
+    if not rows:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    x = [r["blocks_kept"] for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: x[i])
+    xs = [x[i] for i in order]
+    for key, lab in (("latency_full_ms", "full forward (obs -> action chunk)"), ("latency_backbone_ms", "backbone only")):
+        a1.plot(xs, [rows[i][key] for i in order], marker="o", label=lab)
+    a1.set_ylabel(f"latency, ms (median, batch {study['settings']['bench_batch_size']}, {study['device']['type']})")
+    for key, lab in (("params_total", "whole model"), ("params_backbone", "language backbone")):
+        a2.plot(xs, [rows[i][key] / 1e6 for i in order], marker="o", label=lab)
+    a2.set_ylabel("parameters, millions")
+    for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlabel("language blocks kept")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+        a.set_ylim(bottom=0)
+    fig.suptitle("efficiency vs blocks kept")
+    fig.tight_layout()
+    fig.savefig(out / "efficiency_vs_blocks.png", dpi=110)
+    plt.close(fig)
+    return "efficiency_vs_blocks.png"
+
+
+def _scorers(study: dict[str, Any], out: Path) -> str | None:
+    sc = {n: s for n, s in study["analysis"]["scorers"].items() if s.get("per_block")}
+    if not sc:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in sorted(sc.items()):
+        v = s["per_block"]
+        lo, hi = min(v), max(v)
+        norm = [(x - lo) / (hi - lo) if hi > lo else 0.5 for x in v]  # each scorer on [0, 1]: ranks compare
+        rho = s.get("spearman_vs_drop_one")
+        lab = name + (f" (Spearman vs drop-one {rho:.2f})" if rho is not None else "")
+        ax.plot(range(len(v)), norm, marker="o", label=lab)
+    ax.set_xlabel("block index")
+    ax.set_ylabel("importance (min-max normalised per scorer)")
+    ax.set_xticks(range(study["base"]["num_blocks"]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("block scorers on the base model")
+    fig.tight_layout()
+    fig.savefig(out / "scorers.png", dpi=110)
+    plt.close(fig)
+    return "scorers.png"
+
+
+def write_plots(study: dict[str, Any], out: str | Path) -> list[str]:
+    """Write the study's PNGs into ``out``; returns their file names (figures without data are skipped)."""
+    out = Path(out)
+    made = [_quality(study, out, "success_rate", "closed-loop success rate", "success_vs_blocks.png"),
+            _quality(study, out, "offline_l1", "held-out action L1 (lower is better)", "offline_l1_vs_blocks.png"),
+            _efficiency(study, out), _scorers(study, out)]
+    return [m for m in made if m]

@@ -1,0 +1,279 @@
+"""The drop-then-recovery sweep, stage by stage, through the library (never the CLI).
+
+    demos -> base (train) -> analysis -> for each scorer x block count:
+        variants/<scorer>-drop<k>/pruned -> eval_dropped -> recovered-<method> -> eval_recovered-<method>
+    control/recovered-<method> -> eval_recovered-<method>   (the unpruned base, same fine-tuning budget)
+    eval_base, bench (base and every pruned architecture)
+    -> study.json, plots, report.html
+
+Every stage lives in its own directory and is skipped when complete (``vlatrim.study.store``), so a
+study interrupted anywhere continues with ``resume=True``. Stages whose library is missing from the
+build (``vlatrim.study.backends``) are recorded as unavailable; no number stands in for them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlatrim.errors import VlatrimError
+from vlatrim.study import backends
+from vlatrim.study.backends import StageUnavailable
+from vlatrim.study.config import StudyConfig
+from vlatrim.study.store import StageLog, run_stage
+from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STUDY_SCHEMA_VERSION = 1
+CONFIG_FILE = "study_config.json"
+STUDY_FILE = "study.json"
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VlatrimError(f"--device {name!r} needs CUDA, which this machine lacks; use cpu")
+    return name
+
+
+def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
+    saved = read_json(out / CONFIG_FILE, what="study config") if (out / CONFIG_FILE).is_file() else None
+    if saved is None:
+        raise VlatrimError(f"cannot resume: {str(out)!r} holds no {CONFIG_FILE} (not a vlatrim study)")
+    want = cfg.to_dict()
+    diff = sorted(k for k in set(want) | set(saved["config"]) if want.get(k) != saved["config"].get(k))
+    if diff:
+        k = diff[0]
+        raise VlatrimError(f"cannot resume: setting {k}={want.get(k)!r} differs from the study's {saved['config'].get(k)!r}"
+                           + (f" (and {len(diff) - 1} more)" if len(diff) > 1 else "") + "; use the same flags or a new --out")
+    if (saved.get("data") or None) != (str(Path(data).resolve()) if data else None):
+        raise VlatrimError(f"cannot resume: --data {data!r} differs from the study's {saved.get('data')!r}")
+
+
+class _Evaluator:
+    """Offline held-out action error (always) and closed-loop success (when the build has it)."""
+
+    def __init__(self, cfg: StudyConfig, dataset: Path, val_fraction: float, image_size: int, device: str,
+                 progress: bool) -> None:
+        self.cfg, self.dataset, self.val_fraction, self.device = cfg, dataset, val_fraction, device
+        self.image_size = image_size  # the dataset's (the model's input), which --data may set, not the preset
+        self.progress = progress
+        self._frames = None
+
+    def frames(self) -> Any:
+        if self._frames is None:
+            from vlatrim.train.data import read_demo_frames
+
+            self._frames = read_demo_frames(self.dataset)
+        return self._frames
+
+    def __call__(self, model_dir: Path, work: Path) -> dict[str, Any]:
+        from vlatrim.prune import load_pruned
+        from vlatrim.train.data import ChunkDataset, split_episodes
+        from vlatrim.train.evaluate import offline_action_error
+
+        frames = self.frames()
+        _, val_eps = split_episodes(frames, self.val_fraction)
+        model = load_pruned(model_dir).to(self.device).eval()
+        offline = None
+        if val_eps:
+            offline = offline_action_error(model, ChunkDataset(frames, val_eps, model.config.chunk_size, model.tokenize))
+            offline = {k: offline[k] for k in ("l1", "mse", "l1_per_dim", "samples", "units")}
+        del model
+        res: dict[str, Any] = {"offline": offline, "closed_loop": None, "closed_loop_unavailable": None}
+        if not self.cfg.closed_loop:
+            res["closed_loop_unavailable"] = "closed-loop evaluation switched off (closed_loop=False)"
+            return res
+        try:
+            res["closed_loop"] = backends.closed_loop_eval(
+                model_dir, list(self.cfg.tasks), self.cfg.eval_episodes, self.cfg.eval_max_steps, self.image_size,
+                self.cfg.seed, self.cfg.eval_workers, self.device, work / "closed_loop", self.progress)
+        except StageUnavailable as e:
+            res["closed_loop_unavailable"] = str(e)
+        return res
+
+
+def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) a drop-then-recovery study and write study.json, plots and report.html.
+
+    Args:
+        cfg: the study's settings.
+        out: the study directory: new or empty, or a previous run's with ``resume``.
+        data: an existing LeRobot v3 dataset to use instead of generating demonstrations.
+        resume: continue the study in ``out``; settings must equal the recorded ones.
+        progress: tqdm bars.
+    Returns:
+        The study.json content.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if data is not None and not (Path(data) / "meta" / "info.json").is_file():
+        raise VlatrimError(f"--data {data!r} is not a LeRobot v3 dataset directory (no meta/info.json)")
+    if resume:
+        _check_resume(out, cfg, data)
+    else:
+        if out.is_dir() and any(out.iterdir()):
+            raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
+        ensure_empty_dir(out)
+        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None})
+    device = _device(cfg.device)
+    slog = StageLog()
+    unavailable: dict[str, str] = {}
+    results: dict[str, Any] = {}
+
+    # 1. demonstrations
+    if data is not None:
+        dataset = Path(data).resolve()
+        results["data"] = {"path": str(dataset), "generated": False}
+    else:
+        try:
+            gen = run_stage(out, "demos", lambda d: backends.generate_demos(
+                list(cfg.tasks), cfg.episodes_per_task, cfg.image_size, cfg.data_seed, d, progress), slog,
+                fresh_partial=False)
+        except StageUnavailable as e:
+            raise VlatrimError(f"{e}; pass --data with a LeRobot v3 dataset instead") from None
+        dataset = (out / "demos").resolve()
+        results["data"] = {"path": str(dataset), "generated": True, **gen}
+
+    # 2. the base model
+    def train(d: Path) -> dict[str, Any]:
+        from vlatrim.train.run import train_reference
+
+        s = train_reference(dataset, d, preset=cfg.train_preset, resume=(d / "run_config.json").is_file(),
+                            backbone=cfg.backbone, steps=cfg.train_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                            seed=cfg.seed, device=device)
+        shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the final model is in d
+        held = s.get("held_out") or {}
+        return {"steps": s["steps"], "steps_per_s": s["steps_per_s"], "held_out_l1": held.get("l1"),
+                "val_fraction": s["settings"]["val_fraction"], "parameters": s["model"]["parameters"],
+                "dataset": {k: s["dataset"][k] for k in ("frames", "image_size", "train_episodes", "held_out_episodes", "tasks")}}
+
+    base_sum = run_stage(out, "base", train, slog, fresh_partial=False)
+    base = out / "base"
+    results["data"].update(base_sum["dataset"])
+
+    # 3. importance analysis of the base model
+    def analysis(d: Path) -> dict[str, Any]:
+        from vlatrim.analyze.api import analyze
+
+        a = analyze(str(base), str(dataset), str(d), scorers=cfg.analysis_scorers, num_batches=cfg.analysis_batches,
+                    batch_size=cfg.analysis_batch_size, pathways=("language",), seed=cfg.seed, device=device,
+                    progress=progress)
+        path = a["model"]["backbone"]["blocks_path"] if "backbone" in a["model"] else None
+        scorers = {}
+        for name, r in a["scorers"].items():
+            path = path or next(iter(r["scores"]))
+            scorers[name] = {"per_block": r["scores"].get(path), "seconds": r["seconds"],
+                             "spearman_vs_drop_one": (r.get("spearman_vs_drop_one") or {}).get(path)}
+        return {"blocks_path": path, "num_blocks": len(next(iter(scorers.values()))["per_block"]), "scorers": scorers}
+
+    ana = run_stage(out, "analysis", analysis, slog)
+    n_blocks = ana["num_blocks"]
+    counts = cfg.block_counts(n_blocks)
+
+    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], base_sum["dataset"]["image_size"], device, progress)
+    recover_ok = True
+
+    def eval_stage(name: str, model_dir: Path) -> dict[str, Any]:
+        return run_stage(out, name, lambda d: evaluator(model_dir, d), slog)
+
+    def recover_stage(name: str, model_dir: Path, method: str) -> dict[str, Any] | None:
+        nonlocal recover_ok
+        if not recover_ok:
+            return None
+
+        def fn(d: Path) -> dict[str, Any]:
+            rec = backends.recover(model_dir, dataset, d, method=method, steps=cfg.recover_steps,
+                                   batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
+                                   teacher=base, val_fraction=base_sum["val_fraction"])
+            shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the model is in d
+            return rec
+        try:
+            return run_stage(out, name, fn, slog, fresh_partial=False)
+        except StageUnavailable as e:
+            recover_ok = False
+            unavailable["recover"] = str(e)
+            return None
+
+    variants: list[dict[str, Any]] = []
+    variants.append({"name": "base", "kind": "base", "path": str(base), "blocks_kept": n_blocks,
+                     "kept_blocks": list(range(n_blocks)), "removed": 0, "eval": eval_stage("base_eval", base)})
+    for method in cfg.methods:
+        rec = recover_stage(f"control/recovered-{method}", base, method)
+        if rec is not None:
+            p = out / "control" / f"recovered-{method}"
+            variants.append({"name": f"control-{method}", "kind": "control", "method": method, "path": str(p),
+                             "blocks_kept": n_blocks, "kept_blocks": list(range(n_blocks)), "removed": 0,
+                             "recover": _recover_summary(rec), "bench_of": "base",
+                             "eval": eval_stage(f"control/eval_recovered-{method}", p)})
+    sweep = [(s, k) for s in cfg.scorers for k in counts]
+    for scorer, k in tqdm(sweep, desc="study sweep", unit="variant", disable=not progress):
+        vname = f"{scorer}-drop{k}"
+        vdir = f"variants/{vname}"
+        pr = run_stage(out, f"{vdir}/pruned", lambda d, s=scorer, c=k: _prune(base, out / "analysis" / "analysis.json", s, c, d), slog)
+        pdir = out / vdir / "pruned"
+        common = {"scorer": scorer, "removed": k, "blocks_kept": n_blocks - k, "kept_blocks": pr["kept_blocks"]}
+        variants.append({"name": vname, "kind": "dropped", "path": str(pdir), **common, "prune": pr,
+                         "eval": eval_stage(f"{vdir}/eval_dropped", pdir)})
+        for method in cfg.methods:
+            rec = recover_stage(f"{vdir}/recovered-{method}", pdir, method)
+            if rec is None:
+                continue
+            rdir = out / vdir / f"recovered-{method}"
+            variants.append({"name": f"{vname}-{method}", "kind": "recovered", "method": method, "path": str(rdir),
+                             **common, "recover": _recover_summary(rec), "bench_of": vname,
+                             "eval": eval_stage(f"{vdir}/eval_recovered-{method}", rdir)})
+
+    # Every pruned architecture once: recovered models keep their pruned model's shapes.
+    bench_models = [v for v in variants if v["kind"] in ("base", "dropped")]
+
+    def bench(d: Path) -> dict[str, Any]:
+        from vlatrim.bench.run import run_bench
+
+        res = run_bench([v["path"] for v in bench_models], d, device=device, batch_size=cfg.bench_batch_size,
+                        repeats=cfg.bench_repeats, warmup=2, progress=progress)
+        return {**res, "variant_names": [v["name"] for v in bench_models]}  # paths change if the study moves
+
+    bres = run_stage(out, "bench", bench, slog)
+    from vlatrim.study.results import assemble
+
+    study = assemble(cfg, out, results, ana, variants, bres, slog, unavailable, device, schema=STUDY_SCHEMA_VERSION)
+    from vlatrim.study.plots import write_plots
+    from vlatrim.study.report import write_report
+
+    study["plots"] = write_plots(study, out)
+    study["report"] = "report.html"
+    write_json_atomic(out / STUDY_FILE, study)
+    write_report(study, out)
+    return study
+
+
+def _recover_summary(rec: dict[str, Any]) -> dict[str, Any]:
+    keep = ("method", "steps", "budget", "params", "final_log")
+    out = {k: rec[k] for k in keep if k in rec}
+    if rec.get("held_out"):
+        out["held_out_l1"] = rec["held_out"].get("l1")
+    return out
+
+
+def _prune(base: Path, analysis: Path, scorer: str, count: int, out: Path) -> dict[str, Any]:
+    from vlatrim.prune.api import PruneRequest, execute, load_for_pruning, make_plan
+
+    req = PruneRequest(scores=str(analysis), scorer=scorer, count=count)
+    model, handle, model_dir = load_for_pruning(base)
+    plan, before = make_plan(req, model, handle, model_dir)
+    rep = execute(req, model, handle, plan, before, out, model_dir)
+    return {"kept_blocks": rep["kept_blocks"], "dropped_blocks": rep["plan"]["drop_blocks"],
+            "params": rep["params"], "scorer": rep["plan"]["notes"].get("block_scorer", scorer)}
+
+
+__all__ = ["run_study", "STUDY_FILE", "STUDY_SCHEMA_VERSION"]

@@ -1,0 +1,242 @@
+"""``vlatrim recover``: fine-tune a pruned VLA on its task with one registered method, end to end.
+
+Run directory layout (``--out``), the same as ``vlatrim train``'s:
+
+    config.json, model.safetensors, normalization.json, tokenizer/   the recovered model (a checkpoint)
+    prune.json, vocab_map.json   copied from the source checkpoint (what was cut), when present
+    run_config.json     everything that defines the run (settings, source and teacher hashes)
+    log.jsonl           mean losses, lr, grad norm every ``log_every`` steps (averaged over processes)
+    checkpoints/step-N/ trainable.safetensors + optimizer / scheduler / RNG state
+    recover.json        the budget (steps x batch = samples, tokens, wall time), method, results
+
+The model files are written after training, ``config.json`` last, so ``--out`` loads
+(``ReferenceVLA.from_pretrained`` / ``vlatrim.prune.load_pruned`` / ``vlatrim eval --policy``) only
+once the run finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vlatrim.errors import VlatrimError
+from vlatrim.train.config import TrainerConfig
+from vlatrim.train.data import ChunkDataset, DemoFrames, split_episodes
+from vlatrim.train.recovery.base import RECOVERY_METHODS, load_trainable, save_trainable
+from vlatrim.train.recovery.config import RecoverySettings
+from vlatrim.train.trainer import Trainer
+from vlatrim.utils.hashing import dir_sha256
+from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
+from vlatrim.utils.seeding import seed_everything
+
+RUN_CONFIG = "run_config.json"
+SUMMARY = "recover.json"
+PRUNE_JSON = "prune.json"
+_CARRIED = (PRUNE_JSON, "vocab_map.json")  # side files of the source that describe the cut model
+# Recovery is short next to training: fewer steps, checkpoints more often, a short warm-up.
+RECOVERY_DEFAULTS: dict[str, Any] = dict(steps=500, batch_size=32, checkpoint_every=100, log_every=10)
+
+
+def recovery_trainer_config(method: str, **overrides: Any) -> TrainerConfig:
+    """``TrainerConfig`` for a recovery run: ``RECOVERY_DEFAULTS``, the method's default learning rate,
+    a warm-up of 10% of the steps (at most 50), then the non-None ``overrides``."""
+    cls = RECOVERY_METHODS.get(method)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = {**RECOVERY_DEFAULTS, "lr": cls.default_lr, **given}
+    cfg.setdefault("warmup_steps", min(50, int(cfg["steps"]) // 10))
+    return TrainerConfig.from_dict(cfg)
+
+
+def load_vla(path: str | Path, what: str) -> nn.Module:
+    """A reference-VLA checkpoint, pruned or not, through the documented loader (``load_pruned``)."""
+    from vlatrim.models.reference import ReferenceVLA
+    from vlatrim.prune import load_pruned
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise VlatrimError(f"{what} {str(path)!r} is not a checkpoint directory (no config.json)")
+    model = load_pruned(path)
+    if not isinstance(model, ReferenceVLA):
+        raise VlatrimError(f"{what} {str(path)!r} is a {type(model).__name__}; recovery trains VLAs that compute an "
+                           "action loss (the reference VLA, model_type vlatrim_vla)")
+    return model
+
+
+class TeacherTokens(Dataset):
+    """A ``ChunkDataset`` whose batches also carry the teacher's token ids (after a vocabulary cut the
+    student's ids are not the teacher's): ``teacher_input_ids`` / ``teacher_attention_mask`` (B, L)."""
+
+    def __init__(self, base: ChunkDataset, tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.base = base
+        tasks = sorted(base.frames.instructions)  # the row order of base.input_ids
+        self.ids, self.mask = tokenize([base.frames.instructions[t] for t in tasks])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = self.base.__getitems__(indices)
+        t = self.base.task_row[self.base.rows[torch.as_tensor(indices, dtype=torch.long)]]
+        batch["teacher_input_ids"], batch["teacher_attention_mask"] = self.ids[t], self.mask[t]
+        return batch
+
+
+def _tokens_differ(student, teacher, texts: list[str]) -> bool:
+    a, b = student.tokenize(texts), teacher.tokenize(texts)
+    return not (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]))
+
+
+def _check_resume(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+    for key in wanted:
+        if saved.get(key) != wanted[key]:
+            if isinstance(wanted[key], dict) and isinstance(saved.get(key), dict):
+                diff = [k for k in wanted[key] if saved[key].get(k) != wanted[key][k]] or sorted(saved[key])
+                what = f"{key}.{diff[0]}: run has {saved[key].get(diff[0])!r}, now {wanted[key].get(diff[0])!r}"
+            else:
+                what = f"{key}: run has {saved.get(key)!r}, now {wanted[key]!r}"
+            raise VlatrimError(f"cannot resume: the run in --out was made with other settings or models ({what}); "
+                               "resume with the same model, data and flags, or start a new --out")
+
+
+def recover(model: str | Path, data: str | Path, out: str | Path, settings: RecoverySettings | None = None,
+            trainer: TrainerConfig | None = None, teacher: str | Path | None = None, resume: bool = False,
+            load_frames: Callable[[Path], DemoFrames] | None = None) -> dict[str, Any]:
+    """Fine-tune a (pruned) reference VLA on a demonstration dataset and write ``recover.json``.
+
+    Args:
+        model: the checkpoint to recover (``vlatrim prune`` output, or any reference-VLA checkpoint).
+        data: LeRobotDataset v3 directory.
+        out: run directory: new and empty, or an interrupted run's with ``resume``.
+        settings: method and its settings (default: full fine-tuning).
+        trainer: optimizer / budget settings (default: ``recovery_trainer_config(method)``).
+        teacher: the unpruned model, for ``distill``.
+        resume: continue the run in ``out`` from its newest checkpoint; the models (by content hash),
+            data and settings must be the run's.
+        load_frames: dataset reader (default: ``vlatrim.train.data.read_demo_frames``).
+
+    Returns:
+        The ``recover.json`` summary (empty on non-main processes of a distributed run).
+
+    Raises:
+        VlatrimError: bad models, teacher, LoRA targets, data or resume directory, before training;
+            a non-finite loss during training (the last good checkpoint is kept).
+    """
+    settings = settings or RecoverySettings()
+    method = RECOVERY_METHODS.get(settings.method)(settings)
+    trainer = trainer or recovery_trainer_config(settings.method)
+    model_dir, data, out = Path(model), Path(data), Path(out)
+    if method.needs_teacher and teacher is None:
+        raise VlatrimError(f"method {settings.method!r} needs --teacher (the unpruned model the student was cut from)")
+    if teacher is not None and not method.needs_teacher:
+        raise VlatrimError(f"--teacher is only used by --method distill, not {settings.method!r}")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
+    if resume and not (out / RUN_CONFIG).is_file():
+        raise VlatrimError(f"cannot resume: {str(out)!r} holds no {RUN_CONFIG} (not a vlatrim recover run)")
+
+    student = load_vla(model_dir, "--model")
+    prune_info = read_json(model_dir / PRUNE_JSON, "prune.json") if (model_dir / PRUNE_JSON).is_file() else None
+    wanted: dict[str, Any] = {
+        "source": {"path": str(model_dir.resolve()), "sha256": dir_sha256(model_dir)},
+        "teacher": None, "data": str(data.resolve()),
+        "recovery": settings.method_dict(), "trainer": trainer.to_dict(),
+    }
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = load_vla(teacher, "--teacher")
+        wanted["teacher"] = {"path": str(Path(teacher).resolve()), "sha256": dir_sha256(teacher)}
+        method.attach_teacher(teacher_model, student, prune_info.get("kept_blocks") if prune_info else None)
+    if resume:
+        _check_resume(read_json(out / RUN_CONFIG, "run config"), wanted)
+
+    if load_frames is None:
+        from vlatrim.train.data import read_demo_frames as load_frames
+    frames = load_frames(data)
+    cfg = student.config
+    if frames.image_size != cfg.image_size:
+        raise VlatrimError(f"dataset images are {frames.image_size} px; the model takes {cfg.image_size} px")
+    if frames.actions.shape[1] != cfg.action_dim or frames.states.shape[1] != cfg.state_dim:
+        raise VlatrimError(f"dataset has {frames.states.shape[1]}-d states and {frames.actions.shape[1]}-d actions; "
+                           f"the model takes {cfg.state_dim}-d and {cfg.action_dim}-d")
+    train_eps, val_eps = split_episodes(frames, settings.val_fraction)
+    train_set: Dataset = ChunkDataset(frames, train_eps, cfg.chunk_size, student.tokenize)
+    if teacher_model is not None and _tokens_differ(student, teacher_model, list(frames.instructions.values())):
+        train_set = TeacherTokens(train_set, teacher_model.tokenize)
+
+    seed_everything(trainer.seed)  # LoRA initialisation draws from torch's RNG
+    if settings.gradient_checkpointing:
+        student.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params_total = sum(p.numel() for p in student.parameters())
+    seq_len = _sequence_length(student, train_set)
+    trained = method.prepare(student)
+    params_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    if not params_trainable:
+        raise VlatrimError(f"method {settings.method!r} left no parameter to train")
+    loop = Trainer(trained, train_set, trainer, out, loss_fn=method.loss, save_model=save_trainable,
+                   load_model=load_trainable)  # checks batch vs processes before anything is written
+    # Every process has checked --out above; only then does the main process write into it.
+    loop.accelerator.wait_for_everyone()
+    if not resume and loop.accelerator.is_main_process:
+        ensure_empty_dir(out)
+        write_json_atomic(out / RUN_CONFIG, wanted)
+    loop.accelerator.wait_for_everyone()
+
+    t0 = time.perf_counter()
+    result = loop.fit(resume=resume)
+    wall = time.perf_counter() - t0
+    if not loop.accelerator.is_main_process:
+        return {}
+    final = method.finalize(loop.model).eval()
+    summary: dict[str, Any] = {
+        "schema_version": 1,
+        "method": settings.method,
+        "source": wanted["source"],
+        "teacher": wanted["teacher"],
+        "pruned": ({"kept_blocks": prune_info.get("kept_blocks"), "source": prune_info.get("source")}
+                   if prune_info else None),
+        "data": {"path": wanted["data"], "frames": int(len(frames.images)), "train_episodes": len(train_eps),
+                 "held_out_episodes": len(val_eps), "train_samples": len(train_set)},
+        "budget": {"steps": trainer.steps, "batch_size": trainer.batch_size,
+                   "samples": trainer.steps * trainer.batch_size,
+                   "sequence_length": seq_len, "tokens": trainer.steps * trainer.batch_size * seq_len,
+                   "epochs": trainer.steps * trainer.batch_size / len(train_set),
+                   "lr": trainer.lr, "processes": loop.accelerator.num_processes,
+                   "wall_s_this_call": round(wall, 3), "steps_this_call": result.step - result.resumed_from,
+                   "steps_per_s": result.steps_per_s,
+                   "samples_per_s": result.steps_per_s * trainer.batch_size},
+        "params": {"total": params_total, "trainable": params_trainable},
+        "settings": {"recovery": wanted["recovery"], "trainer": wanted["trainer"]},
+        "steps": result.step, "resumed_from": result.resumed_from,
+        "device": str(loop.accelerator.device),
+        "device_name": torch.cuda.get_device_name() if loop.accelerator.device.type == "cuda" else "cpu",
+        "mixed_precision": loop.accelerator.mixed_precision,
+        "final_log": result.last_log,
+    }
+    if val_eps:
+        from vlatrim.train.evaluate import offline_action_error
+
+        summary["held_out"] = offline_action_error(final, ChunkDataset(frames, val_eps, cfg.chunk_size, final.tokenize))
+    for name in _CARRIED:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out / name)
+    final.save_pretrained(out)
+    write_json_atomic(out / SUMMARY, summary)
+    return summary
+
+
+@torch.no_grad()
+def _sequence_length(model: nn.Module, data: Dataset) -> int:
+    """Backbone tokens per sample (image + state + instruction slots + action queries), from one pass."""
+    b = data.__getitems__([0])
+    h, out = model.encode(b["image"], b["state"], b["input_ids"], b["attention_mask"])
+    return int(out.last_hidden_state.shape[1])
+
+
+__all__ = ["recover", "recovery_trainer_config", "load_vla", "TeacherTokens", "RUN_CONFIG", "SUMMARY"]

@@ -1,0 +1,161 @@
+"""``vlatrim study`` end to end on the tiny preset and a synthetic LeRobot dataset (no rendering):
+stages, resume, study.json schema, report.html."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlatrim.cli.main import main
+from vlatrim.data.lerobot import LeRobotWriter, metaworld_features
+from vlatrim.errors import VlatrimError
+from vlatrim.study.config import StudyConfig
+from vlatrim.study.presets import resolve_study_config
+
+TASKS = ["open the drawer", "close the drawer"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ds") / "ds"
+    w = LeRobotWriter(root, metaworld_features(32), fps=10)
+    rng = np.random.default_rng(0)
+    for e in range(6):
+        T = 8
+        w.add_episode({"observation.images.corner": rng.integers(0, 255, (T, 32, 32, 3), dtype=np.uint8),
+                       "observation.state": rng.normal(size=(T, 4)).astype(np.float32),
+                       "action": rng.uniform(-1, 1, size=(T, 4)).astype(np.float32),
+                       "next.success": np.zeros(T, dtype=bool)}, TASKS[e % 2])
+    w.close()
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(dataset, tmp_path_factory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("study") / "s"
+    rc = main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset)])
+    assert rc == 0
+    return out, json.loads((out / "study.json").read_text()), str(dataset)
+
+
+def test_study_runs_every_available_stage(study) -> None:
+    out, s, _ = study
+    assert s["schema_version"] == 1
+    assert set(s) >= {"created", "settings", "device", "data", "base", "analysis", "variants", "bench", "stages",
+                      "unavailable", "notes", "plots", "report"}
+    assert s["base"]["num_blocks"] == 2 and s["data"]["generated"] is False
+    assert s["data"]["frames"] == 48 and s["data"]["held_out_episodes"] == 2
+    # tiny preset: ratio 0.5 of 2 blocks -> remove 1, ranked by drop-one.
+    names = [v["name"] for v in s["variants"]]
+    assert names[0] == "base" and "drop_one-drop1" in names
+    base, drop = s["variants"][0], s["variants"][names.index("drop_one-drop1")]
+    assert (base["blocks_kept"], drop["blocks_kept"]) == (2, 1) and drop["kind"] == "dropped"
+    scores = s["analysis"]["scorers"]["drop_one"]["per_block"]
+    assert drop["kept_blocks"] == [int(np.argmax(scores))]  # the block whose removal hurts least goes
+    assert set(s["analysis"]["scorers"]) == {"drop_one", "block_influence"}
+    assert 0 < drop["params_total"] < base["params_total"] and drop["flops_full"] < base["flops_full"]
+    for v in (base, drop):
+        assert v["offline_l1"] > 0 and v["success_rate"] is None and v["latency_full_ms"] > 0
+    # Stages that exist in this build ran once, each in its own directory with stage.json.
+    for st in ("base", "analysis", "base_eval", "variants/drop_one-drop1/pruned", "variants/drop_one-drop1/eval_dropped", "bench"):
+        assert s["stages"][st]["status"] == "ran" and (out / st / "stage.json").is_file()
+    assert (out / "base" / "model.safetensors").is_file() and not (out / "base" / "checkpoints").exists()
+    assert (out / "variants/drop_one-drop1/pruned/prune.json").is_file()
+    assert "closed_loop_eval" in s["unavailable"] and "closed_loop=False" in s["unavailable"]["closed_loop_eval"]
+    if "recover" in s["unavailable"]:  # a build without vlatrim.train.recovery
+        assert not any(v["kind"] in ("recovered", "control") for v in s["variants"])
+        assert any("Recovery fine-tuning did not run" in n for n in s["notes"])
+    else:  # the recovered pruned model and the unpruned control, same budget (tiny preset: 2 steps, full)
+        rec, ctl = s["variants"][names.index("drop_one-drop1-full")], s["variants"][names.index("control-full")]
+        assert rec["kind"] == "recovered" and rec["bench_of"] == "drop_one-drop1" and rec["blocks_kept"] == 1
+        assert ctl["kind"] == "control" and ctl["blocks_kept"] == 2
+        for v in (rec, ctl):
+            assert v["recover"]["budget"]["steps"] == 2 and v["recover"]["budget"]["samples"] == 8
+            assert v["offline_l1"] == pytest.approx(v["recover"]["held_out_l1"], rel=1e-5)  # same held-out episodes
+        assert rec["params_total"] == drop["params_total"] and rec["latency_full_ms"] == drop["latency_full_ms"]
+        for st in ("control/recovered-full", "variants/drop_one-drop1/recovered-full", "variants/drop_one-drop1/eval_recovered-full"):
+            assert s["stages"][st]["status"] == "ran"
+        assert (out / "variants/drop_one-drop1/recovered-full/recover.json").is_file()
+    assert not list(out.rglob("*.partial"))
+
+
+def test_report_has_tables_images_and_settings(study) -> None:
+    out, s, _ = study
+    page = (out / "report.html").read_text()
+    assert s["report"] == "report.html"
+    assert set(s["plots"]) == {"offline_l1_vs_blocks.png", "efficiency_vs_blocks.png", "scorers.png"}
+    imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(imgs) == 3 and all(len(i) > 1000 for i in imgs)  # embedded, self-contained
+    assert page.count("<table>") >= 3 and "drop_one-drop1" in page and "Spearman vs drop-one" in page
+    assert '"train_preset": "tiny"' in page and "Device" in page
+    for n in s["notes"]:
+        assert n.split("(")[0].strip() in page.replace("&#x27;", "'")
+    assert "src='http" not in page and "<script" not in page
+
+
+def test_resume_skips_finished_stages(study, tmp_path) -> None:
+    out, s, data = study
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+    rc = main(["study", "--out", str(out), "--preset", "tiny", "--data", data, "--resume"])
+    assert rc == 0
+    again = json.loads((out / "study.json").read_text())
+    assert again["stages"] and all(v["status"] == "resumed" for v in again["stages"].values())
+    assert set(again["stages"]) == set(s["stages"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")} == mtimes
+    assert [v["offline_l1"] for v in again["variants"]] == [v["offline_l1"] for v in s["variants"]]
+
+
+def test_resume_after_interruption_reruns_only_missing_stages(study, dataset, tmp_path) -> None:
+    import shutil
+
+    out, _, data = study
+    copy = tmp_path / "s2"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "bench")
+    shutil.rmtree(copy / "variants" / "drop_one-drop1" / "eval_dropped")
+    # An evaluation killed before it finished: its .partial directory (no stage.json) is redone.
+    shutil.move(copy / "base_eval", copy / "base_eval.partial")
+    (copy / "base_eval.partial" / "stage.json").unlink()
+    assert main(["study", "--out", str(copy), "--preset", "tiny", "--data", data, "--resume"]) == 0
+    moved = json.loads((copy / "study.json").read_text())
+    assert all(v["params_total"] for v in moved["variants"])  # bench rows found by variant, not by old paths
+    st = moved["stages"]
+    ran = sorted(k for k, v in st.items() if v["status"] == "ran")
+    assert ran == ["base_eval", "bench", "variants/drop_one-drop1/eval_dropped"]
+    assert not (copy / "base_eval.partial").exists()
+    assert st["base"]["status"] == "resumed" and st["base"]["seconds"] > 0 and st["variants/drop_one-drop1/pruned"]["status"] == "resumed"
+
+
+def test_bad_settings_and_resume_mismatch(study, tmp_path, capsys) -> None:
+    out, _, data = study
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", data]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", data, "--resume", "--train-steps", "5"]) == 2
+    assert "train_steps=5 differs from the study's 4" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "x"), "--preset", "tiny", "--data", data, "--ratios", "1.0"]) == 2
+    assert "ratio 1.0 is not valid" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "y"), "--preset", "tiny", "--data", data, "--scorer", "head_taylor"]) == 2
+    assert "scores heads" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "w"), "--preset", "tiny", "--data", data, "--ratios", "0.5,x"]) == 2
+    assert "--ratios takes numbers" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "v"), "--preset", "tiny", "--data", data, "--methods", "full,prune"]) == 2
+    assert "recovery method 'prune' is not valid" in capsys.readouterr().err
+    assert main(["study", "--out", str(tmp_path / "z"), "--preset", "nope"]) == 2
+    assert "unknown study preset 'nope'" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "vwxyz")
+
+
+def test_config_block_counts_and_presets() -> None:
+    cfg = StudyConfig(ratios=(0.1, 0.5, 0.51, 0.99), closed_loop=False)
+    assert cfg.block_counts(6) == [1, 3, 5]  # rounded, at least 1, at most blocks - 1, deduplicated
+    with pytest.raises(VlatrimError, match="at least 2"):
+        cfg.block_counts(1)
+    assert StudyConfig(scorers=("gateprobe",), analysis_scorers=("drop_one",)).analysis_scorers == ("drop_one", "gateprobe")
+    demo = resolve_study_config("demo", {"ratios": (0.5,), "tasks": None})
+    assert demo.ratios == (0.5,) and demo.tasks == ("drawer-close-v3",) and demo.image_size <= 96
+    with pytest.raises(VlatrimError, match="unknown recovery method|not valid"):
+        StudyConfig(methods=("prune-harder",))
