@@ -18,7 +18,7 @@ class TrainCommand:
     out: str
     """Run directory: new (or empty), or an interrupted run's with --resume."""
     preset: str = "default"
-    """Starting settings: default, quick (CPU, <= 10 min), mt10 (GPU), tiny (smoke test)."""
+    """Starting settings: default, quick (CPU, ~13 min on 2 cores), mt10 (GPU), tiny (smoke test)."""
     backbone: Optional[str] = None
     """Language backbone: minilm (pretrained all-MiniLM-L6-v2), a preset (tiny-bert, tiny-llama, tiny-qwen2,
     llama-24, qwen2-24), a transformers config .json, or a local from_pretrained directory. Default: the preset's."""
