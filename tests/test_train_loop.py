@@ -186,6 +186,7 @@ def test_train_run_directory_is_a_loadable_policy(tmp_path, dataset_dir):
            "instruction": ["open the drawer"] * 2, "task": ["drawer-open-v3"] * 2, "raw": np.zeros((2, 39), np.float32)}
     act = policy.predict(obs)
     assert act.shape == (2, 4, 4) and act.dtype == np.float32 and np.abs(act).max() <= 1.0
+    assert policy.image_size == IMG and policy.chunk_size == 4
 
 
 def test_train_resume_refuses_changed_settings_and_continues(tmp_path, dataset_dir):

@@ -25,6 +25,7 @@ class ReferenceVLAPolicy:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.chunk_size = model.config.chunk_size
+        self.image_size = model.config.image_size  # the evaluator renders at this size
         self.name = f"vlatrim_vla({model.config.backbone_name or type(model.backbone).__name__})"
 
     def reset(self, n: int) -> None:
