@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-reference = pytest.importorskip("vlatrim.models.reference")
-pytest.importorskip("vlatrim.analyze")
+from vlatrim.models import reference  # noqa: E402
+import vlatrim.analyze  # noqa: E402,F401
 
 from vlatrim.cli.main import main  # noqa: E402
 from vlatrim.data.lerobot import LeRobotWriter, metaworld_features  # noqa: E402

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-reference = pytest.importorskip("vlatrim.models.reference")
+from vlatrim.models import reference  # noqa: E402
 
 from vlatrim.cli.main import main  # noqa: E402
 from vlatrim.models.adapters import locate_backbone  # noqa: E402
