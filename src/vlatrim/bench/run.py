@@ -267,7 +267,9 @@ def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, devic
     modes = ["eager"] + (["compile"] if compile else []) + (["cuda_graph"] if cuda_graphs else [])
     notes = []
     if dev.type == "cpu":
-        notes.append("CPU run: latency on a machine shared with other jobs is noisy; min_ms is the least disturbed")
+        load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        notes.append(f"CPU run (1-min load average {load1:.2f} at start on {os.cpu_count()} cores): other processes "
+                     "show up in CPU latency; min_ms is the least disturbed figure")
         if cuda_graphs:
             notes.append("CUDA graphs skipped: no CUDA device")
     entries = [bench_model(m, dev, batch_size, modes, warmup, repeats, seq_len)

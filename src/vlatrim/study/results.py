@@ -62,7 +62,8 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
         notes.append("Closed-loop success was not measured (" + unavailable["closed_loop_eval"] + "); the quality "
                      "metric is the held-out offline action L1 (lower is better).")
     if device == "cpu":
-        notes.append("Timings were taken on a CPU shared with other jobs; compare ratios, not absolute milliseconds.")
+        notes.append("Timings were taken on a CPU, where other load on the machine shows up in latency; compare "
+                     "ratios within this run rather than absolute milliseconds across machines.")
     notes.append("Recovered variants keep their pruned model's architecture; their efficiency columns are those of "
                  "the pruned model they came from (bench_of).")
     return {
