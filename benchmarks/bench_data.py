@@ -47,7 +47,7 @@ def main() -> None:
     out: dict = {
         "benchmark": "data",
         "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; MUJOCO_GL={backend}",
-        "note": "shared machine: other engineers' jobs ran concurrently (see load averages); timings are noisy lower bounds",
+        "note": "CPU timings: compare with the load averages recorded beside them",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }

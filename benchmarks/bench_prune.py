@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (3 timed calls each)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seq", type=int, default=256, help="prompt length (tokens)")
-    ap.add_argument("--shared-machine", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--shared-machine", action=argparse.BooleanOptionalAction, default=False,
                     help="record that other processes were using the CPU during the run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "prune.json"))
     args = ap.parse_args()

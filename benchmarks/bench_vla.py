@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def main() -> None:
                         warmup=5, repeats=args.repeats, threads=args.threads)
     res["benchmark"] = {"script": "benchmarks/bench_vla.py", "models": "reference VLA, MiniLM-L6 keep-first k, "
                         "quick-preset architecture at 96 px", "threads": args.threads,
-                        "machine": "shared with other jobs (2 cores) unless rerun on a quiet machine"}
+                        "machine": f"1-min load average {os.getloadavg()[0]:.2f} at start"}
     for m in res["models"]:
         m["path"] = m["name"]  # temporary directories are gone
     write_json_atomic(args.out, res)
