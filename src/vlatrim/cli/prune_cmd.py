@@ -67,6 +67,11 @@ class PruneCommand:
     """Keep only the tokens of this dataset's task texts (LeRobot dir) or text file, plus special tokens."""
     budget_vocab: bool = True
     """With --scores and --ratio/--target-params: spend the budget first on tokens the analysis saw unused."""
+    budget_units: Literal["blocks", "all"] = "blocks"
+    """With --scores and --ratio/--target-params, what the budget removes after unused vocabulary: blocks =
+    whole blocks in the block scorer's order; all = blocks, KV head groups (or query heads evenly per group
+    with --head-mode query) and MLP channels, cheapest estimated loss per parameter first (needs drop_one or
+    gateprobe, head_taylor and channel_taylor scores)."""
     drop_lm_head: bool = False
     """Remove the LM head (for a VLA whose actions come from a regression head)."""
     blocks_path: str | None = None
@@ -85,7 +90,7 @@ class PruneCommand:
             heads=_ints(self.heads, "--heads"), head_mode=self.head_mode,
             mlp_ratio=_floats(self.mlp_ratio, "--mlp-ratio"), vocab_from=self.vocab_from,
             drop_lm_head=self.drop_lm_head, blocks_path=self.blocks_path, scorer=self.scorer,
-            budget_vocab=self.budget_vocab,
+            budget_vocab=self.budget_vocab, budget_units=self.budget_units,
         )
         model, handle, model_dir = load_for_pruning(self.model, self.blocks_path)
         plan, before = make_plan(req, model, handle, model_dir)

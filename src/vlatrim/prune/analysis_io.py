@@ -84,6 +84,30 @@ class Analysis:
         """Per block, one score per MLP channel."""
         return self._per_block("channel", handle, scorer, CHANNEL_PREFERENCE)
 
+    def loss_unit_scores(self, handle: Any, scorer: str | None, accepted: dict[str, Sequence[str]]) -> dict[str, Any]:
+        """Block, head and channel scores for a solver that compares them on one scale, taken only from the
+        scorers in ``accepted`` (unit -> names whose values are loss changes); anything else is refused.
+
+        Returns:
+            ``{"block_scorer": name, "block": [...], "head": {b: [...]}, "channel": {b: [...]}}``.
+        """
+        valid = ", ".join(f"{u}: {'/'.join(n)}" for u, n in accepted.items())
+        if scorer is not None and scorer not in accepted["block"]:
+            raise VlatrimError(f"--scorer {scorer!r} is not in loss units; --budget-units all accepts {valid}")
+        found = {}
+        for unit, names in accepted.items():
+            have = [n for n in names if isinstance(self.scorers.get(n), dict) and self.scorers[n].get("unit") == unit]
+            if unit == "block" and scorer is not None:
+                have = [scorer] if scorer in have else []
+            if not have:
+                raise VlatrimError(f"--budget-units all needs {unit} scores in loss units ({'/'.join(names)}) but "
+                                   f"{self.path!r} has none; valid scorers: {valid}")
+            found[unit] = have[0]
+        name, blocks = self.block_scores(handle, found["block"])
+        return {"block_scorer": name, "block": blocks,
+                "head": self._per_block("head", handle, found["head"], ()),
+                "channel": self._per_block("channel", handle, found["channel"], ())}
+
     def used_token_ids(self) -> list[int] | None:
         """Token ids the task's instructions use (the vocabulary scorer), or None if it was not run."""
         entry = self.scorers.get("vocabulary")

@@ -49,6 +49,8 @@ class PruneRequest:
     drop_lm_head: bool = False  # remove the LM head (a VLA with a regression action head)
     blocks_path: str | None = None  # override backbone detection with the block list's dotted path
     budget_vocab: bool = True  # with a budget: spend it first on tokens the analysis saw unused
+    budget_units: Literal["blocks", "all"] = "blocks"  # with a budget: what it removes after the vocabulary:
+    # whole blocks in the scorer's order, or blocks, heads and MLP channels by loss per parameter
 
     def __post_init__(self) -> None:
         depth = [n for n in ("drop_blocks", "keep_first", "span") if getattr(self, n) is not None]
@@ -61,6 +63,13 @@ class PruneRequest:
             raise VlatrimError("choose one way to pick blocks: --drop-blocks, --keep-first, --span, or --scores with a budget")
         if self.span is not None and self.scores is None:
             raise VlatrimError("--span needs --scores analysis.json holding angular distances")
+        if self.budget_units not in ("blocks", "all"):
+            raise VlatrimError(f"--budget-units {self.budget_units!r} is not one of blocks, all")
+        if self.budget_units == "all":
+            if self.ratio is None and self.target_params is None:
+                raise VlatrimError("--budget-units all needs --scores with --ratio or --target-params (a parameter budget)")
+            if self.heads is not None or self.mlp_ratio is not None:
+                raise VlatrimError("--budget-units all chooses heads and MLP channels itself; drop --heads / --mlp-ratio")
         if self.ratio is not None:
             check_ratio(self.ratio)
         for r in self.mlp_ratio or []:
@@ -116,6 +125,8 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
         plan = plan.merge(PRUNE_METHODS.get("keep-first")(handle, req.keep_first))
     elif req.span is not None:
         plan = plan.merge(PRUNE_METHODS.get("angular-span")(handle, analysis.span_distances(handle), req.span))
+    elif budget and req.budget_units == "all":
+        plan = plan.merge(_budget_all(req, handle, analysis, plan, before))
     elif budget or req.count is not None:
         vocab_saving = 0
         if plan.vocab is not None:
@@ -137,6 +148,36 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
                            "which vlatrim can only rewrite when it is WordPiece; prune the vocabulary of this model's backbone checkpoint instead")
     validate_plan(handle, plan)
     return plan, before
+
+
+def _vocab_saving(handle: Any, plan: PrunePlan, before: dict[str, int]) -> int:
+    """Parameters the plan's vocabulary cut removes (the embedding rows, and the untied LM head's)."""
+    if plan.vocab is None:
+        return 0
+    per_token = handle.hidden_size * (2 if before["lm_head"] else 1)
+    return per_token * (handle.vocab_size - len(plan.vocab))
+
+
+def _budget_all(req: PruneRequest, handle: Any, analysis: Analysis, plan: PrunePlan, before: dict[str, int]) -> PrunePlan:
+    """The rest of a parameter budget, after the vocabulary, spent on blocks, heads and channels together."""
+    from vlatrim.prune.methods.budget_all import LOSS_BLOCK_SCORERS, LOSS_CHANNEL_SCORERS, LOSS_HEAD_SCORERS
+
+    scores = analysis.loss_unit_scores(handle, req.scorer, {"block": LOSS_BLOCK_SCORERS, "head": LOSS_HEAD_SCORERS,
+                                                            "channel": LOSS_CHANNEL_SCORERS})
+    backbone = before["backbone"]
+    if req.ratio is not None:
+        to_remove = int(round(check_ratio(req.ratio) * backbone))
+    else:
+        if not 0 < req.target_params <= backbone:
+            raise VlatrimError(f"--target-params {req.target_params} is outside (0, {backbone}] (the backbone's size)")
+        to_remove = backbone - int(req.target_params)
+    vocab_saving = _vocab_saving(handle, plan, before)
+    out = PRUNE_METHODS.get("budget-all")(handle, to_remove - vocab_saving, scores["block"], scores["head"],
+                                          scores["channel"], req.head_mode)
+    out.notes.update({"block_scorer": scores["block_scorer"], "params_to_remove": to_remove,
+                      "vocab_params_removed": vocab_saving})
+    out.notes["budget_params_removed"] = {"vocab": vocab_saving, **out.notes["budget_params_removed"]}
+    return out
 
 
 def source_hash(model: nn.Module, model_dir: Path | None) -> dict[str, str]:

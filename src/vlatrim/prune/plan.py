@@ -63,4 +63,7 @@ class PrunePlan:
             lines.append(f"vocabulary: keep {len(self.vocab)} tokens")
         if self.drop_lm_head:
             lines.append("LM head: remove")
+        if "budget_params_removed" in self.notes:
+            by = ", ".join(f"{k} {v:,}" for k, v in self.notes["budget_params_removed"].items())
+            lines.append(f"budget (loss per parameter, {self.notes.get('block_scorer', '?')} + taylor): params removed by kind: {by}")
         return lines or ["nothing to remove (identity)"]
