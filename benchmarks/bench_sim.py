@@ -52,10 +52,10 @@ def success_run(policy: str, episodes: int, workers: int, seed: int) -> dict:
     }
 
 
-def throughput_run(task: str, episodes: int, workers: int, image_size: int) -> dict:
+def throughput_run(task: str, episodes: int, workers: int, image_size: int, policy: str = "expert") -> dict:
     # Rendering forced on: the expert ignores pixels, but a VLA needs a frame every step.
     cfg = EvalConfig(tasks=task, episodes=episodes, workers=workers, image_size=image_size, render=True)
-    r, _ = evaluate(load_policy("expert"), cfg, "expert", progress=False)
+    r, _ = evaluate(load_policy(policy), cfg, policy, progress=False)
     return {"env_steps": r.timing["env_steps"], "rollout_seconds": r.timing["rollout_seconds"],
             "env_steps_per_second": r.timing["env_steps_per_second"], "mean_batch_size": r.timing["mean_batch_size"],
             "success": r.overall["pooled_success"]}
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per throughput figure (median)")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--skip-success", action="store_true", help="only the throughput part")
+    ap.add_argument("--tp-policy", default="expert",
+                    help="policy of the throughput runs: expert, random or a checkpoint directory (a VLA that returns chunks)")
+    ap.add_argument("--out", default=str(RESULTS), help="where to write the JSON")
     args = ap.parse_args()
 
     backend = ensure_gl_backend()
@@ -121,17 +124,18 @@ def main() -> None:
         out["random_mt10"] = success_run("random", args.random_episodes, 2, seed=0)
         out["expert_target_met"] = out["expert_mt10"]["mean_success"] >= 0.95
         out["success_command"] = out["command"]
-    elif RESULTS.exists():  # keep the success figures of an earlier full run (they are not timings)
-        old = json.loads(RESULTS.read_text())
+    elif Path(args.out).exists():  # keep the success figures of an earlier full run (they are not timings)
+        old = json.loads(Path(args.out).read_text())
         for key in ("expert_mt10", "random_mt10", "expert_target_met", "success_command"):
             if key in old:
                 out[key] = old[key]
         out.setdefault("success_command", old.get("command"))
 
-    tp: dict = {"task": args.tp_task, "episodes_per_run": args.tp_episodes, "image_size": args.image_size, "repeats": args.repeats}
-    throughput_run(args.tp_task, 2, 2, args.image_size)  # warm-up: caches, page-ins, GL driver
+    tp: dict = {"task": args.tp_task, "policy": args.tp_policy, "episodes_per_run": args.tp_episodes,
+                "image_size": args.image_size, "repeats": args.repeats}
+    throughput_run(args.tp_task, 2, 2, args.image_size, args.tp_policy)  # warm-up: caches, page-ins, GL driver
     for w in (1, 2):
-        runs = [throughput_run(args.tp_task, args.tp_episodes, w, args.image_size) for _ in range(args.repeats)]
+        runs = [throughput_run(args.tp_task, args.tp_episodes, w, args.image_size, args.tp_policy) for _ in range(args.repeats)]
         tp[f"workers_{w}"] = {"env_steps_per_second_median": statistics.median(r["env_steps_per_second"] for r in runs), "runs": runs}
     tp["speedup_2_over_1"] = round(tp["workers_2"]["env_steps_per_second_median"] / tp["workers_1"]["env_steps_per_second_median"], 3)
     tp["target_met"] = tp["speedup_2_over_1"] >= 1.7
@@ -151,8 +155,8 @@ def main() -> None:
     }
     out["total_seconds"] = round(time.perf_counter() - t_all, 1)
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    write_json_atomic(RESULTS, out)
-    print(RESULTS.read_text())
+    write_json_atomic(args.out, out)
+    print(Path(args.out).read_text())
 
 
 if __name__ == "__main__":
