@@ -10,3 +10,16 @@ import torch  # noqa: E402
 # Tiny-model tests are dominated by per-op overhead; one intra-op thread is faster on a 2-core
 # machine and keeps parallel test runs from oversubscribing it.
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A tiny random Llama saved as a transformers directory (shared by the prune CLI tests)."""
+    from vlatrim.models.adapters.tiny import TINY_MODELS
+
+    d = tmp_path_factory.mktemp("src") / "llama"
+    TINY_MODELS.get("llama")().save_pretrained(d)
+    return d

@@ -26,22 +26,6 @@ CHANNEL = 3 * D  # gate row + up row + down column = 96
 BLOCK = (4 + 2 + 2 + 4) * HD * D + 3 * D * I + 2 * D  # q, k, v, o + gate, up, down + 2 norms = 9280
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: threads only spin against other processes on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("src") / "llama"
-    TINY_MODELS.get("llama")().save_pretrained(d)
-    return d
-
-
 def _analysis(path: Path, blocks=(5.0, 6.0, 7.0), heads=None, channels=None, block_scorer="drop_one",
               head_scorer="head_taylor", channel_scorer="channel_taylor") -> Path:
     heads = heads or {b: [1.0] * 4 for b in range(3)}

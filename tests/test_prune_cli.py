@@ -16,22 +16,6 @@ from vlatrim.prune import load_pruned, load_tokenizer
 from vlatrim.utils.hashing import dir_sha256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: threads only spin against other processes on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("src") / "llama"
-    TINY_MODELS.get("llama")().save_pretrained(d)
-    return d
-
-
 @pytest.fixture(scope="module")
 def analysis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("an") / "analysis.json"

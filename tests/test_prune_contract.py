@@ -29,16 +29,6 @@ from vlatrim.prune.methods.vocab import special_ids
 ARCHS = TINY_MODELS.names()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared 2-core machine torch's thread pool spins
-    # against other processes (0.5 s instead of 1.5 ms per tiny forward).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.lru_cache(maxsize=None)
 def _built(arch: str) -> nn.Module:
     return TINY_MODELS.get(arch)()

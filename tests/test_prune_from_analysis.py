@@ -22,15 +22,6 @@ from vlatrim.prune import load_pruned  # noqa: E402
 TASKS = ["open the drawer", "press the button", "close the window"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: threads only spin against other processes on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("analyze_prune")

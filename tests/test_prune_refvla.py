@@ -19,15 +19,6 @@ from vlatrim.prune import load_pruned  # noqa: E402
 TASKS = ["open the drawer", "press the button"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: threads only spin against other processes on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _vla(spec: str) -> torch.nn.Module:
     torch.manual_seed(0)
     vla = reference.ReferenceVLA.from_backbone(reference.VLAConfig(image_size=32, conv_channels=(8, 16)), spec)

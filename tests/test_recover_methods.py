@@ -20,16 +20,6 @@ IMG, T = 16, 2
 INSTR = {0: "open the drawer", 1: "close the window"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: a second intra-op thread only spins against other processes on a shared 2-core machine
-    # (measured 16 ms vs 0.01 ms per tiny linear layer). Subprocesses get OMP_NUM_THREADS=1 to match.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def synthetic_frames(n_ep: int = 6, length: int = 8, seed: int = 0) -> DemoFrames:
     """Episodes whose action is a fixed function of the image's mean colour and the task (learnable)."""
     rng = np.random.default_rng(seed)

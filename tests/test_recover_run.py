@@ -26,16 +26,6 @@ from vlatrim.train.recovery import DistillSettings, LoraSettings, RecoverySettin
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: a second intra-op thread only spins against other processes on a shared 2-core machine
-    # (measured 16 ms vs 0.01 ms per tiny linear layer). Subprocesses get OMP_NUM_THREADS=1 to match.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def write_lerobot(root: Path, frames) -> None:
     from vlatrim.data.lerobot import LeRobotWriter, metaworld_features
 

@@ -83,9 +83,7 @@ def _tiny_llama() -> dict[str, Any]:
 @BACKBONE_PRESETS.register("tiny-qwen2")
 def _tiny_qwen2() -> dict[str, Any]:
     # Qwen2 differs from Llama by biased q/k/v projections; a second decoder layout for the adapters.
-    return dict(model_type="qwen2", vocab_size=BERT_VOCAB, hidden_size=32, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                max_position_embeddings=256)
+    return {**_tiny_llama(), "model_type": "qwen2"}
 
 
 @BACKBONE_PRESETS.register("llama-24")
@@ -98,9 +96,7 @@ def _llama_24() -> dict[str, Any]:
 
 @BACKBONE_PRESETS.register("qwen2-24")
 def _qwen2_24() -> dict[str, Any]:
-    return dict(model_type="qwen2", vocab_size=BERT_VOCAB, hidden_size=384, num_hidden_layers=24,
-                num_attention_heads=6, num_key_value_heads=2, intermediate_size=1024,
-                max_position_embeddings=512)
+    return {**_llama_24(), "model_type": "qwen2"}
 
 
 def _valid_specs() -> str:
