@@ -114,6 +114,53 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, backbone):
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
 
 
+def test_fused_adamw_does_the_default_update():
+    # make_adamw picks the fused kernel for plain parameters; it must be the same AdamW (a few ulps:
+    # the fused kernel orders the arithmetic differently).
+    from vlatrim.train.trainer import default_param_groups, make_adamw
+
+    cfg = TrainerConfig(lr=1e-2, weight_decay=0.1)
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    b = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    b.load_state_dict(a.state_dict())
+    fused = make_adamw(default_param_groups(a, cfg.weight_decay), cfg)
+    plain = torch.optim.AdamW(default_param_groups(b, cfg.weight_decay), lr=cfg.lr, foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(4, 6)
+    for _ in range(5):
+        for m, opt in ((a, fused), (b, plain)):
+            m(x).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not __import__("vlatrim.utils.hardware", fromlist=["x"]).cpu_has_native_bf16(),
+                    reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_cpu_bf16_autocast_trains_and_resumes_exactly(tmp_path):
+    # The quick preset trains in bf16 on such CPUs: the loss must still fall and resume stay exact.
+    frames = synthetic_frames()
+    cfg = TrainerConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1,
+                        mixed_precision="bf16", device="cpu")
+    ref = tiny_vla(frames, "tiny-llama")
+    trainer = Trainer(ref, ChunkDataset(frames, range(6), T, ref.tokenize), cfg, tmp_path / "a")
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer.fit()
+    again = tiny_vla(frames, "tiny-llama")
+    Trainer(again, ChunkDataset(frames, range(6), T, again.tokenize), cfg, tmp_path / "b").fit(stop_after=2)
+    resumed = tiny_vla(frames, "tiny-llama")
+    Trainer(resumed, ChunkDataset(frames, range(6), T, resumed.tokenize), cfg, tmp_path / "b").fit(resume=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+        assert v.dtype == torch.float32, k  # autocast computes in bf16; the weights stay fp32
+    # A study then recovers in fp32 in the same process: Accelerate's one-precision state must not refuse it.
+    fp32 = Trainer(again, ChunkDataset(frames, range(6), T, again.tokenize),
+                   TrainerConfig(steps=1, batch_size=8, mixed_precision="no", device="cpu"), tmp_path / "c")
+    assert fp32.accelerator.mixed_precision == "no"
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     frames = synthetic_frames()
     vla = tiny_vla(frames)

@@ -18,7 +18,7 @@ class TrainCommand:
     out: str
     """Run directory: new (or empty), or an interrupted run's with --resume."""
     preset: str = "default"
-    """Starting settings: default, quick (CPU, ~13 min on 2 cores), mt10 (GPU), tiny (smoke test)."""
+    """Starting settings: default, quick (CPU, minutes on 2 cores), mt10 (GPU), tiny (smoke test)."""
     backbone: Optional[str] = None
     """Language backbone: minilm (pretrained all-MiniLM-L6-v2), a preset (tiny-bert, tiny-llama, tiny-qwen2,
     llama-24, qwen2-24), a transformers config .json, or a local from_pretrained directory. Default: the preset's."""
@@ -32,6 +32,9 @@ class TrainCommand:
     """Seed of initialisation, data order and dropout. Default: the preset's (0)."""
     device: Optional[Literal["auto", "cpu", "cuda"]] = None
     """Where to train; auto picks CUDA when available (with bf16 autocast). Default: auto."""
+    mixed_precision: Optional[Literal["auto", "no", "bf16", "fp16"]] = None
+    """Autocast precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPUs with AVX512-BF16/AMX), fp16.
+    Default: the preset's (quick: bf16 where the CPU has it)."""
     checkpoint_every: Optional[int] = None
     """Steps between resumable checkpoints. Default: the preset's."""
     resume: bool = False
@@ -42,7 +45,8 @@ class TrainCommand:
 
         summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume,
                                   backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                                  seed=self.seed, device=self.device, checkpoint_every=self.checkpoint_every)
+                                  seed=self.seed, device=self.device,
+                                  mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every)
         if summary:
             held = summary.get("held_out")
             err = f", held-out action L1 {held['l1']:.4f}" if held else ""

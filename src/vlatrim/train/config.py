@@ -47,7 +47,9 @@ class TrainerConfig:
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     mixed_precision: str = "auto"
-    """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``no``, ``bf16`` or ``fp16``."""
+    """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``no``, ``bf16`` or ``fp16``. On a CPU with native bf16
+    matmuls (AVX512-BF16 or AMX) ``bf16`` autocast is ~1.5x faster than fp32 for the quick preset; elsewhere
+    it is emulated and slower (a warning says so)."""
     num_workers: int = 0
     """DataLoader worker processes (0: batches are gathered in the main process, fastest in memory)."""
 

@@ -27,6 +27,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.models.checkpoint import load_weights, write_checkpoint
 from vlatrim.train.config import TrainerConfig
 from vlatrim.train.data import ResumableBatchSampler, collate_batch
+from vlatrim.utils.hardware import cpu_has_native_bf16
 from vlatrim.utils.io import atomic_dir, read_json
 
 LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, Any]]
@@ -213,7 +215,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)
         model = self.model.to(acc.device)
         model.train()
-        optimizer = torch.optim.AdamW(self.param_groups(model), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        optimizer = make_adamw(self.param_groups(model), cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps, min_lr_rate=cfg.min_lr_ratio)
         if state is not None:
@@ -299,6 +301,19 @@ class Trainer:
                            steps_per_s=(step - start) / elapsed if elapsed > 0 else math.nan, resumed_from=start)
 
 
+def make_adamw(groups: list[dict[str, Any]], config: TrainerConfig) -> torch.optim.AdamW:
+    """AdamW over ``groups``, with the fused kernel where every parameter is a plain CPU/CUDA tensor.
+
+    The fused kernel updates all parameters in one pass instead of a dozen elementwise ops per
+    tensor (the update was ~20% of a quick-preset CPU step). It does the same arithmetic; sharded
+    (DTensor) parameters keep the default implementation.
+    """
+    params = [p for g in groups for p in g["params"]]
+    fused = all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in params)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused or None)
+
+
 def make_accelerator(config: TrainerConfig):
     """An ``accelerate.Accelerator`` for ``config``: device, autocast precision, gradient accumulation.
 
@@ -315,6 +330,16 @@ def make_accelerator(config: TrainerConfig):
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if use_cuda else "no"
+    if precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
+        warnings.warn("bf16 autocast on a CPU without native bf16 instructions (AVX512-BF16/AMX) is slower "
+                      "than fp32; pass --mixed-precision no", stacklevel=2)
+    # Accelerate keeps one precision per process and refuses a second Accelerator with another, but
+    # a study trains (bf16 on a bf16 CPU) and then recovers (fp32) in one process: forget the old
+    # precision (the process group, held by PartialState, stays).
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not use_cuda, mixed_precision=precision,
                        gradient_accumulation_steps=config.grad_accum,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
