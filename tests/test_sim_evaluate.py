@@ -30,7 +30,7 @@ def test_summary_numbers():
     rs = [EpisodeResult("reach-v3", 0, (1, 0), True, 40), EpisodeResult("reach-v3", 1, (1, 1), False, 500),
           EpisodeResult("push-v3", 0, (2, 0), True, 60), EpisodeResult("push-v3", 1, (2, 1), True, 80, None)]
     rs[1].error = "RuntimeError: boom"
-    r = _summarise(cfg, "expert", False, rs, 0.0, 1.0, 11.0, 680, 10, [2] * 10, 0.5, 2)
+    r = _summarise(cfg, "expert", False, rs, 0.0, 1.0, 11.0, 680, 10, [2] * 10, 0.5, 2, 1)
     assert r.per_task["reach-v3"]["success_rate"] == 0.5 and r.per_task["reach-v3"]["mean_steps"] == 270.0
     assert r.per_task["reach-v3"]["mean_steps_success"] == 40.0 and r.per_task["reach-v3"]["errors"] == 1
     assert r.per_task["reach-v3"]["wilson95"] == pytest.approx([0.0945, 0.9055], abs=1e-4)  # Wilson 1/2
@@ -49,7 +49,7 @@ def test_out_checks_and_atomic_write(tmp_path):
         check_out(tmp_path / "file")
     check_out(tmp_path / "new" / "deeper")  # absent is fine
     cfg = EvalConfig(tasks="reach", episodes=1)
-    r = _summarise(cfg, "random", False, [EpisodeResult("reach-v3", 0, (1, 0), False, 500)], 0.0, 0.0, 1.0, 500, 500, [1] * 500, 0.1, 1)
+    r = _summarise(cfg, "random", False, [EpisodeResult("reach-v3", 0, (1, 0), False, 500)], 0.0, 0.0, 1.0, 500, 500, [1] * 500, 0.1, 1, 1)
     frames = [np.full((8, 8, 3), i * 40, np.uint8) for i in range(3)]
     path = write_eval(tmp_path / "ev", r, {"reach-v3_ep0": frames})
     data = json.loads(path.read_text())
@@ -87,7 +87,9 @@ def test_chunks_run_in_the_loop_and_a_crash_fails_only_its_episode():
     from vlatrim.sim.evaluate import evaluate
 
     policy = _ChunkedExpert(nan_call=5)
-    cfg = EvalConfig(tasks="drawer-close", episodes=2, workers=1, n_action_steps=2, image_size=32, max_steps=300)
+    # One slot: the two episodes run one after the other, so the call sequence is exact.
+    cfg = EvalConfig(tasks="drawer-close", episodes=2, workers=1, envs_per_worker=1, n_action_steps=2, image_size=32,
+                     max_steps=300)
     r, videos = evaluate(policy, cfg, "chunked-expert", progress=False)
     ep0, ep1 = r.episodes
     assert ep0["success"] is False and "non-finite" in ep0["error"] and ep0["steps"] == 8  # 4 calls x 2 steps
@@ -100,6 +102,60 @@ def test_chunks_run_in_the_loop_and_a_crash_fails_only_its_episode():
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_slots_do_not_change_results():
+    # Episodes are seeded by index: running two at once per worker (double-buffered slots) must give
+    # every episode exactly the result it gets in plain lock-step.
+    from vlatrim.sim.evaluate import evaluate
+    from vlatrim.sim.policy import ExpertPolicy
+
+    runs = {}
+    for per_worker in (1, 2):
+        cfg = EvalConfig(tasks="drawer-close,reach", episodes=3, workers=1, envs_per_worker=per_worker, max_steps=150)
+        r, _ = evaluate(ExpertPolicy(), cfg, "expert", progress=False)
+        assert r.settings["envs_per_worker_used"] == per_worker
+        runs[per_worker] = [(e["task"], e["episode"], e["success"], e["steps"]) for e in r.episodes]
+    assert runs[1] == runs[2] and all(e[2] for e in runs[1])
+
+
+class _KillerExpert:
+    """The expert, which SIGKILLs the (single) worker process on its ``kill_call``-th call."""
+
+    uses_images = False
+
+    def __init__(self, kill_call: int) -> None:
+        from vlatrim.sim.policy import ExpertPolicy
+
+        self.expert, self.kill_call, self.calls = ExpertPolicy(), kill_call, 0
+
+    def reset(self, n):
+        pass
+
+    def predict(self, obs):
+        import multiprocessing as mp
+        import os
+        import signal
+
+        self.calls += 1
+        if self.calls == self.kill_call:
+            (child,) = mp.active_children()
+            os.kill(child.pid, signal.SIGKILL)
+        return self.expert.predict(obs)
+
+
+@pytest.mark.integration
+def test_a_killed_worker_fails_its_episodes_in_flight_and_is_replaced():
+    from vlatrim.sim.evaluate import evaluate
+
+    cfg = EvalConfig(tasks="reach", episodes=4, workers=1, envs_per_worker=2, max_steps=100)
+    r, _ = evaluate(_KillerExpert(kill_call=3), cfg, "killer", progress=False)
+    eps = r.episodes
+    # Episodes 0 and 1 were in flight in the worker's two slots when it died; 2 and 3 ran on its replacement.
+    assert [e["error"] is not None for e in eps] == [True, True, False, False], eps
+    assert all("worker process died" in e["error"] for e in eps[:2])
+    assert eps[2]["success"] and eps[3]["success"]
+
+
 def test_cli_expert_two_episodes_succeed_with_video(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     out = tmp_path / "ev"

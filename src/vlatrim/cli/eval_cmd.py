@@ -24,6 +24,9 @@ class EvalCommand:
     """Output directory (new or empty): eval.json and, with --video, videos/*.gif."""
     workers: int = 1
     """Environment worker processes; policy calls are batched over them."""
+    envs_per_worker: int = 2
+    """Episodes each worker runs at once, served alternately so that policy calls overlap with stepping
+    (1: plain lock-step). Results do not depend on it."""
     max_steps: int = 500
     """Step limit per episode (at most Meta-World's 500)."""
     video: bool = False
@@ -53,6 +56,7 @@ class EvalCommand:
             tasks=self.tasks,
             episodes=self.episodes,
             workers=self.workers,
+            envs_per_worker=self.envs_per_worker,
             max_steps=self.max_steps,
             seed=self.seed,
             n_action_steps=self.n_action_steps,

@@ -1,15 +1,19 @@
 """Closed-loop evaluation: W environment worker processes, batched policy inference in this process.
 
-Each worker process owns one Meta-World env at a time and runs one episode at a time. The main
-process gathers the latest observation of every worker that waits for an action, calls
-``policy.predict`` once on the whole batch (B <= W), and sends each worker its action chunk; the worker
-executes up to ``n_action_steps`` actions of it on its own (stopping early at success or the step
-limit) and replies with the new observation. Episodes are handed out as workers free up, so a long
-failing episode does not hold the others back.
+Each worker process runs S episodes at a time (``envs_per_worker``), one per *slot*, each slot with
+its own Meta-World env. Slot g of every worker belongs to group g. The main process serves the
+groups in turn: it gathers the latest observation of every slot of group g that waits for an
+action, calls ``policy.predict`` once on the whole batch (B <= W), and sends each slot its action
+chunk; the worker executes up to ``n_action_steps`` actions of it on its own (stopping early at
+success or the step limit) and replies with the new observation. With S = 2 the groups are double
+buffered: while the main process runs the policy for group 0 (and while its messages travel), the
+workers step the envs of group 1, so neither the policy call nor the round trip leaves a core idle.
+Episodes are handed out as slots free up, so a long failing episode does not hold the others back.
 
 Every episode is seeded: episode k of a task starts from ``episode_start("eval", seed, k)``, a start
-pool disjoint from the demonstrations'. An exception inside an episode (env, renderer, policy output)
-is recorded as a failed episode with its error; a worker that dies is replaced.
+pool disjoint from the demonstrations'; which slot runs it does not change its result. An exception
+inside an episode (env, renderer, policy output) is recorded as a failed episode with its error; a
+worker that dies is replaced (its other episodes in flight fail with it).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class EvalConfig:
     """Episodes per task."""
     workers: int = 1
     """Environment worker processes (the batch size of policy calls is at most this)."""
+    envs_per_worker: int = 2
+    """Episodes each worker runs at once, in slots served alternately: 2 overlaps policy calls and
+    round trips with stepping (``1`` is plain lock-step). Results do not depend on it."""
     max_steps: int = 500
     """Step limit per episode (at most Meta-World's 500)."""
     seed: int = 0
@@ -71,6 +78,8 @@ class EvalConfig:
             raise VlatrimError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise VlatrimError(f"--workers must be >= 1, got {self.workers}")
+        if not 1 <= self.envs_per_worker <= 8:
+            raise VlatrimError(f"--envs-per-worker must be in 1..8, got {self.envs_per_worker}")
         if not 1 <= self.max_steps <= MAX_PATH_LENGTH:
             raise VlatrimError(f"--max-steps must be in 1..{MAX_PATH_LENGTH} (Meta-World's limit), got {self.max_steps}")
         if self.seed < 0:
@@ -108,73 +117,94 @@ class EvalResult:
 
 # ------------------------------------------------------------------------------------------ worker
 def _worker_main(conn: Connection, parent_pid: int, image_size: int, camera: str, render: bool, renderer: bool) -> None:
-    """Serve episodes over ``conn`` until told to stop. Messages (main -> worker):
+    """Serve episodes over ``conn`` until told to stop. Messages (main -> worker), per slot k:
 
-    ("reset", task, start, record)  -> ("obs", raw, state, image, frames_or_None)
-    ("act", actions (k, 4), max_steps) -> ("obs", ...) after up to k steps, with ("done", success, steps)
+    ("reset", k, task, start, record)  -> ("obs", k, raw, state, image, done, success, steps, frames_or_None)
+    ("act", k, actions (n, 4), max_steps) -> ("obs", k, ...) after up to n steps
     ("stop",)
+    An exception answers ("error", k, message, traceback lines) and drops slot k's env.
     """
     exit_with_parent(parent_pid)
     from vlatrim.sim.env import MetaWorldEnv
 
     conn.send(("ready",))  # imports done: the main process starts its clock after all are ready
 
-    envs: dict[str, MetaWorldEnv] = {}
-    env: MetaWorldEnv | None = None
-    record = False
-    frames: list[np.ndarray] = []
+    @dataclass
+    class Slot:
+        envs: dict = field(default_factory=dict)  # task -> MetaWorldEnv (each slot steps its own envs)
+        env: Any = None
+        record: bool = False
+        frames: list = field(default_factory=list)
 
-    def obs_msg(step: Any, done: bool) -> tuple:
-        out = frames if (done and record) else None
-        return ("obs", step.raw, step.state, step.image if render else None, done, step.success, env.steps, out)
+    slots: dict[int, Slot] = {}
+
+    def obs_msg(k: int, slot: Slot, step: Any, done: bool) -> tuple:
+        out = slot.frames if (done and slot.record) else None
+        return ("obs", k, step.raw, step.state, step.image if render else None, done, step.success, slot.env.steps, out)
 
     try:
         while True:
             msg = conn.recv()
             if msg[0] == "stop":
                 break
+            k = msg[1]
+            slot = slots.setdefault(k, Slot())
             try:
                 if msg[0] == "reset":
-                    _, task, start, record = msg
-                    env = envs.get(task)
-                    if env is None:
-                        if len(envs) >= 2:  # episodes arrive task by task; bound GL contexts
-                            envs.pop(next(iter(envs))).close()
-                        env = envs[task] = MetaWorldEnv(task, image_size=image_size, camera=camera, render=renderer)
-                    env.capture = render or record
-                    frames = []
-                    step = env.reset(start)
-                    if record:
-                        frames.append(step.image)
-                    conn.send(obs_msg(step, False))
+                    _, _, task, start, slot.record = msg
+                    slot.env = slot.envs.get(task)
+                    if slot.env is None:
+                        if len(slot.envs) >= 2:  # episodes arrive task by task; bound GL contexts
+                            slot.envs.pop(next(iter(slot.envs))).close()
+                        slot.env = slot.envs[task] = MetaWorldEnv(task, image_size=image_size, camera=camera,
+                                                                  render=renderer)
+                    slot.env.capture = render or slot.record
+                    slot.frames = []
+                    step = slot.env.reset(start)
+                    if slot.record:
+                        slot.frames.append(step.image)
+                    conn.send(obs_msg(k, slot, step, False))
                 elif msg[0] == "act":
-                    _, actions, max_steps = msg
-                    step = None
+                    _, _, actions, max_steps = msg
+                    env, step = slot.env, None
                     for a in actions:  # the chunk runs open-loop here, no round trip per step
                         step = env.step(a)
-                        if record:
-                            frames.append(step.image)
+                        if slot.record:
+                            slot.frames.append(step.image)
                         if step.success or env.steps >= max_steps:
                             break
                     done = step.success or env.steps >= max_steps
-                    conn.send(obs_msg(step, done))
+                    conn.send(obs_msg(k, slot, step, done))
                 else:
                     raise RuntimeError(f"unknown message {msg[0]!r}")
-            except Exception as e:  # the episode fails; the worker lives on with a fresh env
-                if env is not None:
-                    envs = {t: v for t, v in envs.items() if v is not env}
+            except Exception as e:  # the episode fails; the worker lives on with a fresh env for the slot
+                if slot.env is not None:
+                    slot.envs = {t: v for t, v in slot.envs.items() if v is not slot.env}
                     try:
-                        env.close()
+                        slot.env.close()
                     except Exception:
                         pass
-                    env = None
+                    slot.env = None
                 tb = traceback.format_exc(limit=3).strip().splitlines()
-                conn.send(("error", f"{type(e).__name__}: {e}", tb[-3:]))
+                conn.send(("error", k, f"{type(e).__name__}: {e}", tb[-3:]))
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
-        for e in envs.values():
-            e.close()
+        for slot in slots.values():
+            for e in slot.envs.values():
+                e.close()
+
+
+@dataclass
+class _Slot:
+    """One episode place of a worker, as the main process tracks it."""
+
+    worker: int
+    index: int  # slot number inside the worker = its group
+    job: EpisodeResult | None = None
+    t0: float = 0.0
+    obs: tuple | None = None  # latest observation (raw, state, image, steps), waiting for an action
+    record: bool = False
 
 
 class _Worker:
@@ -187,10 +217,6 @@ class _Worker:
         )
         self.proc.start()
         child.close()
-        self.job: EpisodeResult | None = None
-        self.t0 = 0.0
-        self.obs: tuple | None = None  # latest ("obs", ...) reply, waiting for an action
-        self.record = False
 
     def wait_ready(self) -> None:
         try:
@@ -240,93 +266,118 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
     results: list[EpisodeResult] = []
     videos: dict[str, list[np.ndarray]] = {}
     n_workers = min(cfg.workers, len(queue))
+    per_worker = max(1, min(cfg.envs_per_worker, -(-len(queue) // n_workers)))  # no idle slots for tiny runs
     ctx = mp.get_context("spawn")  # fork after GL/torch state in the parent is unsafe
     t_start = time.perf_counter()
     workers = [_Worker(ctx, cfg, render) for _ in range(n_workers)]
     for w in workers:
         w.wait_ready()
-    policy.reset(n_workers)
+    slots = [_Slot(i, g) for g in range(per_worker) for i in range(n_workers)]
+    groups = [[sl for sl in slots if sl.index == g] for g in range(per_worker)]
+    policy.reset(len(slots))
     bar = tqdm(total=len(queue), desc="eval", unit="ep", disable=not progress)
     env_steps, t_first = 0, None
     n_calls, batch_sizes, policy_seconds = 0, [], 0.0
     chunk = cfg.n_action_steps
 
-    def finish(w: _Worker, success: bool, steps: int, error: str | None = None) -> None:
-        job = w.job
+    def finish(sl: _Slot, success: bool, steps: int, error: str | None = None) -> None:
+        nonlocal env_steps
+        job = sl.job
         job.success, job.steps, job.error = success, steps, error
-        job.seconds = round(time.perf_counter() - w.t0, 3)
+        job.seconds = round(time.perf_counter() - sl.t0, 3)
+        env_steps += steps
         results.append(job)
-        w.job, w.obs = None, None
+        sl.job, sl.obs = None, None
         bar.update(1)
         n_ok = sum(r.success for r in results)
         bar.set_postfix(success=f"{n_ok}/{len(results)}")
 
-    def start_next(w: _Worker) -> None:
+    def send(i: int, msg: tuple) -> None:
+        try:
+            workers[i].conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker died: the next wait sees its sentinel/EOF and fails its episodes
+
+    def start_next(sl: _Slot) -> None:
+        # A reset message also abandons whatever episode the slot's env was in.
         nonlocal t_first
         if not queue:
             return
-        w.job = queue.pop(0)
-        w.record = w.job.episode < cfg.video_episodes
-        w.t0 = time.perf_counter()
-        t_first = t_first or w.t0
-        w.conn.send(("reset", w.job.task, w.job.start, w.record))
+        sl.job = queue.pop(0)
+        sl.record = sl.job.episode < cfg.video_episodes
+        sl.t0 = time.perf_counter()
+        t_first = t_first or sl.t0
+        send(sl.worker, ("reset", sl.index, sl.job.task, sl.job.start, sl.record))
 
-    def restart(i: int) -> None:
+    def worker_died(i: int) -> None:
+        # Every episode in flight on worker i fails; a fresh process takes over its slots.
+        w = workers[i]
+        for sl in slots:
+            if sl.worker == i and sl.job is not None:
+                finish(sl, False, sl.obs[3] if sl.obs else 0, f"worker process died (exit code {w.proc.exitcode})")
         try:
-            workers[i].close()
+            w.close()
         except Exception:
             pass
         workers[i] = _Worker(ctx, cfg, render)
         workers[i].wait_ready()
+        for sl in slots:
+            if sl.worker == i:
+                start_next(sl)
+
+    def receive(i: int) -> None:
+        """Take one message from worker i and file it under its slot."""
+        w = workers[i]
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            worker_died(i)
+            return
+        sl = next(x for x in slots if x.worker == i and x.index == msg[1])
+        if msg[0] == "error":
+            log.warning("episode %s/%d crashed: %s", sl.job.task, sl.job.episode, msg[2])
+            finish(sl, False, 0, msg[2])
+            start_next(sl)
+            return
+        _, _, raw, state, image, done, success, steps, frames = msg
+        if done:
+            if frames is not None:
+                videos[f"{sl.job.task}_ep{sl.job.episode}"] = frames
+            finish(sl, bool(success), int(steps))
+            start_next(sl)
+        else:
+            sl.obs = (raw, state, image, steps)
 
     try:
-        for w in workers:
-            start_next(w)
-        while any(w.job is not None for w in workers):
-            # 1) wait until every worker with an episode in flight has replied (a barrier: the
-            #    workers step in parallel, and one batched policy call then serves all of them)
+        for sl in slots:
+            start_next(sl)
+        g = 0
+        while any(sl.job is not None for sl in slots):
+            group = groups[g]
+            g = (g + 1) % per_worker
+            # 1) wait until every slot of this group with an episode in flight has replied (a
+            #    barrier: its workers step in parallel, and one batched policy call then serves them);
+            #    replies of the other group that arrive meanwhile are filed for its turn
             while True:
-                waiting = [w for w in workers if w.job is not None and w.obs is None]
+                waiting = {sl.worker for sl in group if sl.job is not None and sl.obs is None}
                 if not waiting:
                     break
-                ready = wait([w.conn for w in waiting] + [w.proc.sentinel for w in waiting])
-                for i, w in enumerate(workers):
-                    if w.job is None or w.obs is not None:
-                        continue
-                    if w.conn not in ready and w.proc.sentinel not in ready:
-                        continue
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        finish(w, False, 0, f"worker process died (exit code {w.proc.exitcode})")
-                        restart(i)
-                        start_next(workers[i])
-                        continue
-                    if msg[0] == "error":
-                        log.warning("episode %s/%d crashed: %s", w.job.task, w.job.episode, msg[1])
-                        finish(w, False, 0, msg[1])
-                        start_next(w)
-                        continue
-                    _, raw, state, image, done, success, steps, frames = msg
-                    if done:
-                        if frames is not None:
-                            videos[f"{w.job.task}_ep{w.job.episode}"] = frames
-                        env_steps += steps
-                        finish(w, bool(success), int(steps))
-                        start_next(w)
-                    else:
-                        w.obs = (raw, state, image, steps)
-            # 2) one batched policy call over every worker waiting for an action
-            batch = [w for w in workers if w.job is not None and w.obs is not None]
+                conns = {workers[i].conn: i for i in range(n_workers)}
+                sentinels = {workers[i].proc.sentinel: i for i in waiting}
+                ready = wait(list(conns) + list(sentinels))
+                for i in sorted({conns[r] if r in conns else sentinels[r] for r in ready}):
+                    receive(i)  # once per worker: a restart replaces its conn and sentinel
+            # 2) one batched policy call over the group's slots that wait for an action
+            batch = [sl for sl in group if sl.job is not None and sl.obs is not None]
             if not batch:
                 continue
             obs = {
-                "image": np.stack([w.obs[2] for w in batch]) if render else None,  # (B, H, W, 3) uint8
-                "state": np.stack([w.obs[1] for w in batch]).astype(np.float32),  # (B, 4)
-                "raw": np.stack([w.obs[0] for w in batch]).astype(np.float32),  # (B, 39)
-                "instruction": [instruction_for(w.job.task) for w in batch],
-                "task": [w.job.task for w in batch],
-                "step": np.array([w.obs[3] for w in batch], dtype=np.int64),  # (B,) 0 = first step of an episode
+                "image": np.stack([sl.obs[2] for sl in batch]) if render else None,  # (B, H, W, 3) uint8
+                "state": np.stack([sl.obs[1] for sl in batch]).astype(np.float32),  # (B, 4)
+                "raw": np.stack([sl.obs[0] for sl in batch]).astype(np.float32),  # (B, 39)
+                "instruction": [instruction_for(sl.job.task) for sl in batch],
+                "task": [sl.job.task for sl in batch],
+                "step": np.array([sl.obs[3] for sl in batch], dtype=np.int64),  # (B,) 0 = first step of an episode
             }
             t0 = time.perf_counter()
             try:
@@ -337,39 +388,31 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
             except Exception as e:  # the policy failed on this batch: those episodes fail
                 msg = f"policy: {type(e).__name__}: {e}"
                 log.warning("%s", msg)
-                for i, w in enumerate(workers):
-                    if w in batch:
-                        steps = w.obs[3]
-                        finish(w, False, steps, msg)
-                        env_steps += steps
-                        restart(i)  # its env is mid-episode; a fresh worker is simplest
-                        start_next(workers[i])
+                for sl in batch:
+                    finish(sl, False, sl.obs[3], msg)
+                    start_next(sl)
                 continue
             policy_seconds += time.perf_counter() - t0
             n_calls += 1
             batch_sizes.append(len(batch))
-            for w, a, is_bad in zip(batch, actions, bad):
+            for sl, a, is_bad in zip(batch, actions, bad):
                 if is_bad:
-                    steps = w.obs[3]
-                    i = workers.index(w)
-                    finish(w, False, steps, "policy returned non-finite actions")
-                    env_steps += steps
-                    restart(i)
-                    start_next(workers[i])
+                    finish(sl, False, sl.obs[3], "policy returned non-finite actions")
+                    start_next(sl)
                     continue
                 k = a.shape[0] if chunk is None else min(chunk, a.shape[0])
-                w.conn.send(("act", a[:k], cfg.max_steps))
-                w.obs = None
+                send(sl.worker, ("act", sl.index, a[:k], cfg.max_steps))
+                sl.obs = None
     finally:
         bar.close()
         for w in workers:
             w.close()
     t_end = time.perf_counter()
     results.sort(key=lambda r: (cfg.tasks.index(r.task), r.episode))
-    return _summarise(cfg, policy_name, render, results, t_start, t_first or t_start, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers), videos
+    return _summarise(cfg, policy_name, render, results, t_start, t_first or t_start, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers, per_worker), videos
 
 
-def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers) -> EvalResult:
+def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers, per_worker) -> EvalResult:
     per_task: dict[str, dict[str, Any]] = {}
     for task in cfg.tasks:
         rs = [r for r in results if r.task == task]
@@ -396,7 +439,8 @@ def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_s
         "errors": sum(r.error is not None for r in results),
     }
     rollout = max(t_end - t_first, 1e-9)
-    settings = {**asdict(cfg), "policy": policy_name, "render": render, "workers_used": n_workers}
+    settings = {**asdict(cfg), "policy": policy_name, "render": render, "workers_used": n_workers,
+                "envs_per_worker_used": per_worker}
     timing = {
         "wall_seconds": round(t_end - t_start, 3),
         "rollout_seconds": round(rollout, 3),  # first reset to the end: excludes process start-up, includes env creation
