@@ -247,3 +247,15 @@ def test_a_run_that_fails_before_any_episode_leaves_nothing(tmp_path):
     with pytest.raises(VlatrimError, match="reads images"):
         run_eval(Pixels(), EvalConfig(tasks="reach", episodes=1, render=False), tmp_path / "ev", "pixels", progress=False)
     assert not (tmp_path / "ev").exists()
+
+
+def test_resume_with_every_episode_done_starts_no_worker():
+    from vlatrim.sim.evaluate import evaluate
+    from vlatrim.sim.policy import RandomPolicy
+
+    cfg = EvalConfig(tasks="reach,push", episodes=2, workers=2)
+    done = [EpisodeResult(t, k, (1, k), k == 0, 10 + k) for t in ("push-v3", "reach-v3") for k in (1, 0)]
+    r, videos = evaluate(RandomPolicy(0), cfg, "random", progress=False, done=done)
+    assert [(e["task"], e["episode"]) for e in r.episodes] == [("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0), ("push-v3", 1)]
+    assert r.overall["successes"] == 2 and r.timing["resumed_episodes"] == 4 and r.timing["env_steps"] == 0 and not videos
+    assert r.settings["workers_used"] == 2  # as an uninterrupted run would record it
