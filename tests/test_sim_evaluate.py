@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vlatrim.errors import VlatrimError
-from vlatrim.sim.evaluate import EpisodeResult, EvalConfig, _summarise, check_out, write_eval
+from vlatrim.sim.evaluate import PROGRESS_DIR, EpisodeResult, EvalConfig, EvalStore, _summarise, check_out, run_eval, write_eval
 
 
 def test_config_validation():
@@ -51,13 +51,106 @@ def test_out_checks_and_atomic_write(tmp_path):
     cfg = EvalConfig(tasks="reach", episodes=1)
     r = _summarise(cfg, "random", False, [EpisodeResult("reach-v3", 0, (1, 0), False, 500)], 0.0, 0.0, 1.0, 500, 500, [1] * 500, 0.1, 1, 1)
     frames = [np.full((8, 8, 3), i * 40, np.uint8) for i in range(3)]
-    path = write_eval(tmp_path / "ev", r, {"reach-v3_ep0": frames})
+    path = write_eval(tmp_path / "ev", r, {"reach-v3_ep0": frames}, video_format="gif")
     data = json.loads(path.read_text())
     assert data["per_task"]["reach-v3"]["successes"] == 0 and data["overall"]["episodes"] == 1
     assert (tmp_path / "ev" / "videos" / "reach-v3_ep0.gif").stat().st_size > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "file", "full"]  # no temp dirs left
+    import imageio.v3 as iio
+
+    np.testing.assert_array_equal(iio.imread(tmp_path / "ev" / "videos" / "reach-v3_ep0.gif")[..., :3], np.stack(frames))  # 3 grey levels: exact
+    write_eval(tmp_path / "ev_mp4", r, {"reach-v3_ep0": frames})  # the result's video_format: mp4
+    assert (tmp_path / "ev_mp4" / "videos" / "reach-v3_ep0.mp4").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "ev_mp4", "file", "full"]  # no temp dirs left
     with pytest.raises(VlatrimError, match="not an empty directory"):
         write_eval(tmp_path / "ev", r, {})
+
+
+# ------------------------------------------------------------------------------------------ resume
+def _content(path: Path) -> dict:
+    """eval.json without what may differ between runs of the same settings (timings)."""
+    d = json.loads(path.read_text())
+    d.pop("timing")
+    for e in d["episodes"]:
+        e.pop("seconds")
+    return d
+
+
+def test_store_settings_mismatch_torn_journal_and_refusals(tmp_path):
+    cfg = EvalConfig(tasks="reach", episodes=3, max_steps=20)
+    out = tmp_path / "ev"
+    store = EvalStore(out, cfg, "random")
+    assert store.done == [] and (out / PROGRESS_DIR / "settings.json").is_file()
+    store.record(EpisodeResult("reach-v3", 1, (5, 1), False, 20), None)
+    store.record(EpisodeResult("reach-v3", 0, (5, 0), True, 7), None)
+    store.close()
+    with open(out / PROGRESS_DIR / "episodes.jsonl", "a") as f:
+        f.write('{"task": "reach-v3", "episode": 2, "sta')  # torn by a kill mid-write
+    with pytest.raises(VlatrimError, match="holds an unfinished evaluation; add --resume"):
+        check_out(out)
+    with pytest.raises(VlatrimError, match="holds an unfinished evaluation; add --resume"):
+        EvalStore(out, cfg, "random")
+    with pytest.raises(VlatrimError, match=r"other settings \(max_steps: 20 then, 30 now\)"):
+        EvalStore(out, EvalConfig(tasks="reach", episodes=3, max_steps=30), "random", resume=True)
+    with pytest.raises(VlatrimError, match=r"other settings \(policy: 'random' then, 'expert' now\)"):
+        EvalStore(out, cfg, "expert", resume=True)
+    # Workers are not a content setting; finished episodes come back in order, the torn one is dropped.
+    store = EvalStore(out, EvalConfig(tasks="reach", episodes=3, max_steps=20, workers=2), "random", resume=True)
+    assert [(r.episode, r.success, r.steps, r.start) for r in store.done] == [(0, True, 7, (5, 0)), (1, False, 20, (5, 1))]
+    store.close()
+    (out / "eval.json").write_text("{}")
+    with pytest.raises(VlatrimError, match="already holds a finished evaluation"):
+        check_out(out, resume=True)
+
+
+def test_random_policy_is_seeded_per_episode():
+    from vlatrim.sim.policy import RandomPolicy
+
+    def obs(tasks, eps, steps):
+        return {"state": np.zeros((len(tasks), 4), np.float32), "task": tasks, "episode": np.array(eps), "step": np.array(steps)}
+
+    a = RandomPolicy(0).predict(obs(["reach-v3", "push-v3"], [3, 0], [7, 0]))
+    p = RandomPolicy(0)
+    p.predict(obs(["push-v3"], [1], [0]))  # other calls before do not shift an episode's actions
+    b = p.predict(obs(["push-v3", "reach-v3"], [0, 3], [0, 7]))
+    np.testing.assert_array_equal(a, b[::-1])
+    assert a.shape == (2, 1, 4) and np.abs(a).max() <= 1 and not np.array_equal(a, RandomPolicy(1).predict(obs(["reach-v3", "push-v3"], [3, 0], [7, 0])))
+
+
+def _cli(out: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    log = open(out.parent / f"{out.name}.log", "a")  # a file, not a pipe: workers may outlive a killed parent briefly
+    return subprocess.Popen([sys.executable, "-m", "vlatrim", "eval", "--policy", "random", "--tasks", "reach-v3", "--episodes", "8",
+                             "--max-steps", "150", "--out", str(out), *extra], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_eval_killed_then_resumed_equals_uninterrupted(tmp_path):
+    """SIGKILL a `vlatrim eval` run after its first finished episode; --resume completes it with the same eval.json."""
+    import signal
+    import time
+
+    from vlatrim.sim.policy import RandomPolicy
+
+    p = _cli(tmp_path / "b")
+    journal = tmp_path / "b" / PROGRESS_DIR / "episodes.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (journal.exists() and journal.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    n_done = journal.read_text().count("\n")
+    assert 1 <= n_done < 8 and not (tmp_path / "b" / "eval.json").exists()
+    p = _cli(tmp_path / "b", "--resume")
+    assert p.wait(timeout=120) == 0, (tmp_path / "b.log").read_text()
+    assert not (tmp_path / "b" / PROGRESS_DIR).exists() and sorted(x.name for x in (tmp_path / "b").iterdir()) == ["eval.json"]
+    resumed = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert resumed["timing"]["resumed_episodes"] == n_done
+
+    # The same settings uninterrupted, in this process.
+    cfg = EvalConfig(tasks="reach-v3", episodes=8, max_steps=150)
+    result, path = run_eval(RandomPolicy(0), cfg, tmp_path / "a", policy_name="random", progress=False)
+    assert result.timing["resumed_episodes"] == 0 and [e["episode"] for e in result.episodes] == list(range(8))
+    assert _content(tmp_path / "b" / "eval.json") == _content(path)
+    assert len({tuple(e["start"]) for e in result.episodes}) == 8 and not any(e["error"] for e in result.episodes)
 
 
 class _ChunkedExpert:
@@ -113,7 +206,7 @@ def test_slots_do_not_change_results():
     for per_worker in (1, 2):
         cfg = EvalConfig(tasks="drawer-close,reach", episodes=3, workers=1, envs_per_worker=per_worker, max_steps=150)
         r, _ = evaluate(ExpertPolicy(), cfg, "expert", progress=False)
-        assert r.settings["envs_per_worker_used"] == per_worker
+        assert r.timing["envs_per_worker_used"] == per_worker
         runs[per_worker] = [(e["task"], e["episode"], e["success"], e["steps"]) for e in r.episodes]
     assert runs[1] == runs[2] and all(e[2] for e in runs[1])
 
@@ -169,7 +262,56 @@ def test_cli_expert_two_episodes_succeed_with_video(tmp_path):
     assert t["successes"] == 2 and t["episodes"] == 2 and t["errors"] == 0 and data["overall"]["mean_success"] == 1.0
     assert [e["start"] for e in data["episodes"]][0] != [e["start"] for e in data["episodes"]][1]
     assert data["settings"]["workers_used"] == 2 and data["settings"]["seed"] == 0
-    import imageio.v3 as iio
+    from vlatrim.utils.video import VideoReader
 
-    gif = iio.imread(out / "videos" / "reach-v3_ep0.gif")
-    assert gif.shape[1:3] == (48, 48) and len(gif) == data["episodes"][0]["steps"] + 1  # reset frame + one per step
+    with VideoReader(out / "videos" / "reach-v3_ep0.mp4") as r:  # mp4 is the default format
+        frames, times = r.all_frames()
+    assert frames.shape[1:] == (48, 48, 3) and len(frames) == data["episodes"][0]["steps"] + 1  # reset frame + one per step
+    np.testing.assert_allclose(times, np.arange(len(frames)) / 30, atol=1e-9)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["reach-v3_ep0.mp4"]
+
+
+def test_store_keeps_clips_and_reruns_a_video_episode_whose_clip_is_lost(tmp_path):
+    cfg = EvalConfig(tasks="reach", episodes=3, max_steps=20, video_episodes=2)
+    frames = [np.full((10, 12, 3), 30 * i, np.uint8) for i in range(4)]
+    store = EvalStore(tmp_path / "ev", cfg, "expert")
+    for k in range(3):
+        store.record(EpisodeResult("reach-v3", k, (5, k), True, 3), frames if k < 2 else None)
+    store.close()
+    clips = tmp_path / "ev" / PROGRESS_DIR / "videos"
+    assert sorted(p.name for p in clips.iterdir()) == ["reach-v3_ep0.mp4", "reach-v3_ep1.mp4"]
+    (clips / "reach-v3_ep1.mp4").unlink()
+    store = EvalStore(tmp_path / "ev", cfg, "expert", resume=True)
+    assert [r.episode for r in store.done] == [0, 2]  # episode 1 lost its clip: it runs again
+    store.record(EpisodeResult("reach-v3", 1, (5, 1), True, 3), frames)
+    r = _summarise(cfg, "expert", False, [*store.done, EpisodeResult("reach-v3", 1, (5, 1), True, 3)], 0.0, 0.0, 1.0, 9, 9, [1] * 9, 0.1, 1, resumed=2)
+    path = store.finish(r)
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["eval.json", "videos"]
+    assert sorted(p.name for p in (tmp_path / "ev" / "videos").iterdir()) == ["reach-v3_ep0.mp4", "reach-v3_ep1.mp4"]
+    assert json.loads(path.read_text())["timing"]["resumed_episodes"] == 2
+    from vlatrim.utils.video import VideoReader
+
+    with VideoReader(tmp_path / "ev" / "videos" / "reach-v3_ep1.mp4") as v:
+        got, _ = v.all_frames()
+    assert got.shape == (4, 10, 12, 3) and np.abs(got.astype(int) - np.stack(frames)).max() <= 2  # flat grey frames: near exact
+
+
+def test_a_run_that_fails_before_any_episode_leaves_nothing(tmp_path):
+    class Pixels:
+        uses_images = True
+
+    with pytest.raises(VlatrimError, match="reads images"):
+        run_eval(Pixels(), EvalConfig(tasks="reach", episodes=1, render=False), tmp_path / "ev", "pixels", progress=False)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_resume_with_every_episode_done_starts_no_worker():
+    from vlatrim.sim.evaluate import evaluate
+    from vlatrim.sim.policy import RandomPolicy
+
+    cfg = EvalConfig(tasks="reach,push", episodes=2, workers=2)
+    done = [EpisodeResult(t, k, (1, k), k == 0, 10 + k) for t in ("push-v3", "reach-v3") for k in (1, 0)]
+    r, videos = evaluate(RandomPolicy(0), cfg, "random", progress=False, done=done)
+    assert [(e["task"], e["episode"]) for e in r.episodes] == [("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0), ("push-v3", 1)]
+    assert r.overall["successes"] == 2 and r.timing["resumed_episodes"] == 4 and r.timing["env_steps"] == 0 and not videos
+    assert r.settings["workers_used"] == 2  # as an uninterrupted run would record it

@@ -34,6 +34,8 @@ class DataMetaWorldCommand:
     """Step limit per expert episode (at most Meta-World's 500)."""
     camera: str = "corner"
     """Meta-World camera name."""
+    video: bool = False
+    """Store the camera images as MP4 video (LeRobot's video dtype, H.264) instead of PNGs in the parquet."""
 
     def run(self) -> None:
         from vlatrim.data.metaworld_demos import DemoConfig, generate_demos
@@ -47,6 +49,7 @@ class DataMetaWorldCommand:
             camera=self.camera,
             max_steps=self.max_steps,
             workers=self.workers,
+            video=self.video,
         )
         report = generate_demos(cfg, self.out)
         print(

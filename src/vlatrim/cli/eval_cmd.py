@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from vlatrim.cli.registry import COMMANDS
 
@@ -21,7 +22,7 @@ class EvalCommand:
     episodes: int
     """Episodes per task."""
     out: str
-    """Output directory (new or empty): eval.json and, with --video, videos/*.gif."""
+    """Output directory (new or empty; with --resume, an interrupted run's): eval.json and, with --video, videos/."""
     workers: int = 1
     """Environment worker processes; policy calls are batched over them."""
     envs_per_worker: int = 2
@@ -30,9 +31,13 @@ class EvalCommand:
     max_steps: int = 500
     """Step limit per episode (at most Meta-World's 500)."""
     video: bool = False
-    """Record the first --video-episodes episodes of each task as GIFs."""
+    """Record the first --video-episodes episodes of each task as videos/<task>_ep<k>.<format>."""
     video_episodes: int = 2
     """Episodes per task to record with --video."""
+    video_format: Literal["mp4", "gif"] = "mp4"
+    """Video container: mp4 (H.264 where PyAV has an encoder for it) or gif."""
+    resume: bool = False
+    """Continue an interrupted run in --out: its finished episodes are kept (the settings must match)."""
     seed: int = 0
     """Seed of the episode start configurations (evaluation pool, disjoint from demonstrations)."""
     n_action_steps: int | None = None
@@ -44,11 +49,11 @@ class EvalCommand:
 
     def run(self) -> None:
         from vlatrim.data.tasks import parse_tasks
-        from vlatrim.sim.evaluate import EvalConfig, check_out, evaluate, write_eval
+        from vlatrim.sim.evaluate import EvalConfig, check_out, run_eval
         from vlatrim.sim.policy import load_policy
 
         logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
-        check_out(self.out)  # before loading a model and minutes of rollouts, not after
+        check_out(self.out, resume=self.resume)  # before loading a model and minutes of rollouts, not after
         parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
         policy = load_policy(self.policy, device=self.device, seed=self.seed)
         image_size = self.image_size or int(getattr(policy, "image_size", None) or 96)
@@ -62,8 +67,8 @@ class EvalCommand:
             n_action_steps=self.n_action_steps,
             image_size=image_size,
             video_episodes=self.video_episodes if self.video else 0,
+            video_format=self.video_format,
         )
-        result, videos = evaluate(policy, cfg, policy_name=self.policy)
-        path = write_eval(self.out, result, videos, fps=cfg.video_fps)
+        result, path = run_eval(policy, cfg, self.out, policy_name=self.policy, resume=self.resume)
         print(json.dumps({"eval": str(path), "mean_success": result.overall["mean_success"],
                           "per_task": {t: v["success_rate"] for t, v in result.per_task.items()}}))

@@ -64,6 +64,8 @@ class DemoConfig:
     """Give up on a task after this many attempts; default 2 * episodes_per_task + 10."""
     workers: int = 1
     """Worker processes rolling out episodes (does not change the result)."""
+    video: bool = False
+    """Store the camera as LeRobot's video dtype (MP4, H.264) instead of PNGs in the parquet."""
 
     def __post_init__(self) -> None:
         self.tasks = parse_tasks(self.tasks)
@@ -366,7 +368,7 @@ def _assemble(out: Path, cfg: DemoConfig, keep: list[tuple[str, int]], stage_dir
     # Meta-World's control rate: 80 Hz in v3 (frame_skip 5 x 2.5 ms), a class attribute.
     fps = int(ALL_V3_ENVIRONMENTS[cfg.tasks[0]].metadata.get("render_fps", 80))
     key = f"observation.images.{cfg.camera}"
-    with LeRobotWriter(build, metaworld_features(cfg.image_size, cfg.camera), fps=fps, robot_type="sawyer") as w:
+    with LeRobotWriter(build, metaworld_features(cfg.image_size, cfg.camera, video=cfg.video), fps=fps, robot_type="sawyer") as w:
         for task, k in keep:
             t = pq.read_table(_stage_path(stage_dir, task, k))
             n = t.num_rows
@@ -382,7 +384,9 @@ def _assemble(out: Path, cfg: DemoConfig, keep: list[tuple[str, int]], stage_dir
             report.episodes += 1
             report.frames += n
     write_json_atomic(build / REPORT_PATH, {**asdict(report), "task_of_instruction": {instruction_for(t): t for t in cfg.tasks}})
-    for part in ("data", "meta"):  # meta last: meta/info.json marks a complete dataset
+    for part in ("data", "videos", "meta"):  # meta last: meta/info.json marks a complete dataset
+        if not (build / part).exists():
+            continue  # no videos/ without --video
         if (out / part).exists():
             shutil.rmtree(out / part)
         os.replace(build / part, out / part)

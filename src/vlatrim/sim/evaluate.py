@@ -18,6 +18,7 @@ worker that dies is replaced (its other episodes in flight fail with it).
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -27,7 +28,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -68,9 +69,11 @@ class EvalConfig:
     render: bool | None = None
     """Render observations: None = only if the policy uses images; True forces it (benchmarks)."""
     video_episodes: int = 0
-    """Record the first this-many episodes of each task as GIFs (0: none)."""
+    """Record the first this-many episodes of each task as videos (0: none)."""
     video_fps: int = 30
-    """Frame rate of the GIFs (Meta-World runs at 80 Hz; 30 plays them at ~0.4x)."""
+    """Frame rate of the videos (Meta-World runs at 80 Hz; 30 plays them at ~0.4x)."""
+    video_format: str = "mp4"
+    """Container of the videos: a ``vlatrim.utils.video.VIDEO_FORMATS`` name ('mp4': H.264, 'gif')."""
 
     def __post_init__(self) -> None:
         self.tasks = parse_tasks(self.tasks)
@@ -90,6 +93,22 @@ class EvalConfig:
             raise VlatrimError(f"--image-size must be in 8..1024 px, got {self.image_size}")
         if self.video_episodes < 0:
             raise VlatrimError(f"video episodes must be >= 0, got {self.video_episodes}")
+        if self.video_fps < 1:
+            raise VlatrimError(f"video fps must be >= 1, got {self.video_fps}")
+        from vlatrim.utils.video import VIDEO_FORMATS
+
+        VIDEO_FORMATS.get(self.video_format)  # an unknown format lists the valid ones
+
+    def content_settings(self, policy_name: str) -> dict[str, Any]:
+        """The settings that decide ``eval.json``'s content (what a resumed run must match).
+
+        ``workers`` and ``envs_per_worker`` are left out: every episode is seeded, so the results do not
+        depend on them.
+        """
+        d = asdict(self)
+        d.pop("workers")
+        d.pop("envs_per_worker")
+        return {**d, "policy": policy_name}
 
 
 @dataclass
@@ -238,7 +257,19 @@ class _Worker:
 
 
 # --------------------------------------------------------------------------------------- main side
-def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: bool = True) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
+def video_name(task: str, episode: int) -> str:
+    """The file stem of an episode's video (``videos/<stem>.<format>``)."""
+    return f"{task}_ep{episode}"
+
+
+def evaluate(
+    policy: Policy,
+    cfg: EvalConfig,
+    policy_name: str = "",
+    progress: bool = True,
+    done: Sequence[EpisodeResult] = (),
+    on_episode: Callable[[EpisodeResult, list[np.ndarray] | None], None] | None = None,
+) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
     """Run closed-loop episodes of ``policy`` and summarise success.
 
     Args:
@@ -246,10 +277,14 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
         cfg: tasks, episodes, workers, limits.
         policy_name: how the policy was specified (recorded in the settings).
         progress: show a tqdm bar over episodes.
+        done: episodes finished by an earlier, interrupted run of the same settings: they are not
+            run again and enter the summary as they are.
+        on_episode: called in this process as each episode finishes, with its result and its frames
+            (a video episode that ran to its end) or None; ``EvalStore.record`` journals them.
 
     Returns:
-        The result (``eval.json`` content) and the recorded frames of video episodes, keyed
-        ``"<task>_ep<k>"`` (uint8 (H, W, 3) frames; empty without ``video_episodes``).
+        The result (``eval.json`` content) and the recorded frames of this call's video episodes,
+        keyed ``video_name(task, k)`` (uint8 (H, W, 3) frames; empty without ``video_episodes``).
     """
     from tqdm.auto import tqdm
 
@@ -260,33 +295,45 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
         from vlatrim.sim.render import ensure_gl_backend
 
         ensure_gl_backend()
+    finished = {(r.task, r.episode) for r in done}
     queue = [
-        EpisodeResult(task, k, episode_start("eval", cfg.seed, k)) for task in cfg.tasks for k in range(cfg.episodes)
+        EpisodeResult(task, k, episode_start("eval", cfg.seed, k))
+        for task in cfg.tasks
+        for k in range(cfg.episodes)
+        if (task, k) not in finished
     ]
-    results: list[EpisodeResult] = []
+    results: list[EpisodeResult] = list(done)
     videos: dict[str, list[np.ndarray]] = {}
-    n_workers = min(cfg.workers, len(queue))
-    per_worker = max(1, min(cfg.envs_per_worker, -(-len(queue) // n_workers)))  # no idle slots for tiny runs
+    # Recorded in the settings as what an uninterrupted run would start (a resumed run may start fewer).
+    n_workers = min(cfg.workers, cfg.episodes * len(cfg.tasks))
+    n_start = min(n_workers, len(queue))
+    per_worker = max(1, min(cfg.envs_per_worker, -(-len(queue) // max(n_start, 1))))  # no idle slots in tiny runs
     ctx = mp.get_context("spawn")  # fork after GL/torch state in the parent is unsafe
     t_start = time.perf_counter()
-    workers = [_Worker(ctx, cfg, render) for _ in range(n_workers)]
+    workers = [_Worker(ctx, cfg, render) for _ in range(min(n_workers, len(queue)))]
     for w in workers:
         w.wait_ready()
-    slots = [_Slot(i, g) for g in range(per_worker) for i in range(n_workers)]
+    slots = [_Slot(i, g) for g in range(per_worker) for i in range(len(workers))]
     groups = [[sl for sl in slots if sl.index == g] for g in range(per_worker)]
-    policy.reset(len(slots))
-    bar = tqdm(total=len(queue), desc="eval", unit="ep", disable=not progress)
+    if workers:
+        policy.reset(len(slots))
+    bar = tqdm(total=len(queue) + len(results), initial=len(results), desc="eval", unit="ep", disable=not progress)
     env_steps, t_first = 0, None
     n_calls, batch_sizes, policy_seconds = 0, [], 0.0
     chunk = cfg.n_action_steps
 
-    def finish(sl: _Slot, success: bool, steps: int, error: str | None = None) -> None:
+    def finish(sl: _Slot, success: bool, steps: int, error: str | None = None,
+               frames: list[np.ndarray] | None = None) -> None:
         nonlocal env_steps
         job = sl.job
         job.success, job.steps, job.error = success, steps, error
         job.seconds = round(time.perf_counter() - sl.t0, 3)
         env_steps += steps
         results.append(job)
+        if frames is not None:
+            videos[video_name(job.task, job.episode)] = frames
+        if on_episode is not None:
+            on_episode(job, frames)
         sl.job, sl.obs = None, None
         bar.update(1)
         n_ok = sum(r.success for r in results)
@@ -341,9 +388,7 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
             return
         _, _, raw, state, image, done, success, steps, frames = msg
         if done:
-            if frames is not None:
-                videos[f"{sl.job.task}_ep{sl.job.episode}"] = frames
-            finish(sl, bool(success), int(steps))
+            finish(sl, bool(success), int(steps), frames=frames)
             start_next(sl)
         else:
             sl.obs = (raw, state, image, steps)
@@ -362,7 +407,7 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
                 waiting = {sl.worker for sl in group if sl.job is not None and sl.obs is None}
                 if not waiting:
                     break
-                conns = {workers[i].conn: i for i in range(n_workers)}
+                conns = {w.conn: i for i, w in enumerate(workers)}
                 sentinels = {workers[i].proc.sentinel: i for i in waiting}
                 ready = wait(list(conns) + list(sentinels))
                 for i in sorted({conns[r] if r in conns else sentinels[r] for r in ready}):
@@ -378,6 +423,7 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
                 "instruction": [instruction_for(sl.job.task) for sl in batch],
                 "task": [sl.job.task for sl in batch],
                 "step": np.array([sl.obs[3] for sl in batch], dtype=np.int64),  # (B,) 0 = first step of an episode
+                "episode": np.array([sl.job.episode for sl in batch], dtype=np.int64),  # (B,) index within its task
             }
             t0 = time.perf_counter()
             try:
@@ -409,10 +455,13 @@ def evaluate(policy: Policy, cfg: EvalConfig, policy_name: str = "", progress: b
             w.close()
     t_end = time.perf_counter()
     results.sort(key=lambda r: (cfg.tasks.index(r.task), r.episode))
-    return _summarise(cfg, policy_name, render, results, t_start, t_first or t_start, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers, per_worker), videos
+    result = _summarise(cfg, policy_name, render, results, t_start, t_first or t_start, t_end, env_steps, n_calls,
+                        batch_sizes, policy_seconds, n_workers, per_worker, resumed=len(done))
+    return result, videos
 
 
-def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_steps, n_calls, batch_sizes, policy_seconds, n_workers, per_worker) -> EvalResult:
+def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_steps, n_calls, batch_sizes,
+               policy_seconds, n_workers, per_worker: int = 1, resumed: int = 0) -> EvalResult:
     per_task: dict[str, dict[str, Any]] = {}
     for task in cfg.tasks:
         rs = [r for r in results if r.task == task]
@@ -439,52 +488,213 @@ def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_s
         "errors": sum(r.error is not None for r in results),
     }
     rollout = max(t_end - t_first, 1e-9)
-    settings = {**asdict(cfg), "policy": policy_name, "render": render, "workers_used": n_workers,
-                "envs_per_worker_used": per_worker}
+    settings = {**asdict(cfg), "policy": policy_name, "render": render, "workers_used": n_workers}
+    n_run = len(results) - resumed
+    # Timing is of this invocation only: a resumed run counts the episodes it ran itself.
     timing = {
         "wall_seconds": round(t_end - t_start, 3),
         "rollout_seconds": round(rollout, 3),  # first reset to the end: excludes process start-up, includes env creation
         "env_steps": env_steps,
         "env_steps_per_second": round(env_steps / rollout, 2),
-        "episodes_per_second": round(len(results) / rollout, 4),
+        "episodes_per_second": round(n_run / rollout, 4),
         "policy_calls": n_calls,
         "mean_batch_size": round(float(np.mean(batch_sizes)), 3) if batch_sizes else 0.0,
         "policy_seconds": round(policy_seconds, 3),
+        "resumed_episodes": resumed,  # finished by an earlier, interrupted invocation
+        "envs_per_worker_used": per_worker,
     }
     host = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "mujoco_gl": os.environ.get("MUJOCO_GL")}
     return EvalResult(settings, per_task, overall, [asdict(r) for r in results], timing, host)
 
 
-def write_eval(out: str | os.PathLike, result: EvalResult, videos: dict[str, list[np.ndarray]], fps: int = 30) -> Path:
-    """Write ``eval.json`` (and ``videos/*.gif``) into the directory ``out`` (atomically, all or nothing).
+def write_eval(out: str | os.PathLike, result: EvalResult, videos: dict[str, list[np.ndarray]], fps: int = 30, video_format: str | None = None) -> Path:
+    """Write ``eval.json`` (and ``videos/<name>.<format>``) into ``out`` in one step (all or nothing).
 
-    ``out`` must be absent or empty; returns the path of ``eval.json``.
+    For results held in memory (no journal); ``vlatrim eval`` goes through ``EvalStore`` instead.
+    ``out`` must be absent or empty; ``video_format`` defaults to the result's setting (else mp4).
+    Returns the path of ``eval.json``.
     """
-    import imageio.v3 as iio
-
     from vlatrim.utils.io import atomic_dir, write_json_atomic
+    from vlatrim.utils.video import write_clip
 
     out = Path(out)
+    fmt = video_format or result.settings.get("video_format", "mp4")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VlatrimError(f"--out {str(out)!r} exists and is not an empty directory; choose a new one or remove it")
     try:
         with atomic_dir(out, overwrite=True) as tmp:
             for name, frames in videos.items():
-                (tmp / "videos").mkdir(exist_ok=True)
-                iio.imwrite(tmp / "videos" / f"{name}.gif", np.stack(frames), duration=1000 / fps, loop=0)
+                write_clip(tmp / "videos" / f"{name}.{fmt}", frames, fps, fmt)
             write_json_atomic(tmp / "eval.json", asdict(result))
     except OSError as e:
         raise VlatrimError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
     return out / "eval.json"
 
 
-def check_out(out: str | os.PathLike) -> None:
-    """Refuse an ``--out`` that is a file, non-empty, or in an unwritable place, before a long run."""
+def check_out(out: str | os.PathLike, resume: bool = False) -> None:
+    """Refuse an ``--out`` that cannot take this run, before a long run.
+
+    Without ``resume``: it must be absent or empty. With ``resume``: it may also hold an unfinished
+    evaluation (``.progress/``); a finished one (``eval.json``) or anything else is refused. Whether
+    the unfinished run's settings match is checked by ``EvalStore``.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VlatrimError(f"--out {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory or remove it")
+        if (out / EVAL_FILE).exists():
+            raise VlatrimError(f"--out {str(out)!r} already holds a finished evaluation (eval.json); choose a new directory or remove it")
+        if (out / PROGRESS_DIR).is_dir():
+            if not resume:
+                raise VlatrimError(f"--out {str(out)!r} holds an unfinished evaluation; add --resume to continue it, or choose a new directory")
+        else:
+            raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory or remove it")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
         raise VlatrimError(f"--out {str(out)!r} is not writable ({str(parent)!r} is read-only)")
+
+
+# ------------------------------------------------------------------------------ resumable output
+EVAL_FILE = "eval.json"
+PROGRESS_DIR = ".progress"  # inside --out while a run is unfinished
+PROGRESS_FORMAT = 1  # of the .progress layout; part of the settings a resume must match
+
+
+class EvalStore:
+    """An ``--out`` directory that records every episode as it finishes, so a killed run resumes.
+
+    Layout while unfinished: ``.progress/settings.json`` (the content settings), an append-only
+    ``.progress/episodes.jsonl`` (one ``EpisodeResult`` per line, flushed and fsynced as each
+    episode ends) and ``.progress/videos/`` (each video episode's clip, written before its journal
+    line). ``finish`` moves the videos to ``videos/``, writes ``eval.json`` atomically, and removes
+    ``.progress/``.
+
+    Args:
+        out: the output directory (absent, empty, or an unfinished run when ``resume``).
+        cfg: the evaluation settings.
+        policy_name: the policy as given (part of the settings a resume must match).
+        resume: continue an unfinished run in ``out`` (absent/empty ``out`` starts a new one).
+
+    Raises:
+        VlatrimError: ``out`` is not usable (see ``check_out``), or holds an unfinished run whose
+            settings differ (the message names them).
+    """
+
+    def __init__(self, out: str | os.PathLike, cfg: EvalConfig, policy_name: str, resume: bool = False) -> None:
+        from vlatrim.utils.io import read_json, write_json_atomic
+
+        self.out = Path(out)
+        self.cfg = cfg
+        self.progress = self.out / PROGRESS_DIR
+        check_out(self.out, resume)
+        settings = {**cfg.content_settings(policy_name), "progress_format": PROGRESS_FORMAT}
+        settings = json.loads(json.dumps(settings))  # as it reads back (tuples -> lists)
+        settings_path = self.progress / "settings.json"
+        if self.progress.is_dir():
+            old = read_json(settings_path, "evaluation settings") if settings_path.exists() else {}
+            diff = [k for k in sorted(set(settings) | set(old)) if old.get(k) != settings.get(k)]
+            if diff:
+                what = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
+                raise VlatrimError(f"--out {str(self.out)!r} holds an unfinished evaluation with other settings ({what}); rerun with the same settings, or choose a new directory")
+        else:
+            try:
+                (self.progress / "videos").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise VlatrimError(f"--out {str(self.out)!r} cannot be created ({e.strerror})") from None
+            write_json_atomic(settings_path, settings)
+        (self.progress / "videos").mkdir(exist_ok=True)
+        self.journal_path = self.progress / "episodes.jsonl"
+        self.done = self._read_journal()
+        self._journal = open(self.journal_path, "a")
+
+    def _video_path(self, task: str, episode: int) -> Path:
+        return self.progress / "videos" / f"{video_name(task, episode)}.{self.cfg.video_format}"
+
+    def _read_journal(self) -> list[EpisodeResult]:
+        """Finished episodes of the earlier invocations (a torn last line or a lost clip: redone)."""
+        if not self.journal_path.exists():
+            return []
+        wanted = {(t, k) for t in self.cfg.tasks for k in range(self.cfg.episodes)}
+        done: dict[tuple[str, int], EpisodeResult] = {}
+        for line in self.journal_path.read_text().splitlines():
+            try:
+                d = json.loads(line)
+                r = EpisodeResult(**{**d, "start": tuple(d["start"])})
+            except (json.JSONDecodeError, TypeError, KeyError):
+                continue  # a line torn by the interruption: that episode is simply run again
+            key = (r.task, r.episode)
+            if key not in wanted:
+                continue
+            if r.episode < self.cfg.video_episodes and r.error is None and not self._video_path(*key).exists():
+                continue  # its clip is missing: run it again to record one
+            done[key] = r
+        return sorted(done.values(), key=lambda r: (self.cfg.tasks.index(r.task), r.episode))
+
+    def record(self, result: EpisodeResult, frames: list[np.ndarray] | None) -> None:
+        """Journal one finished episode (its clip first, so a journaled video episode has one)."""
+        from vlatrim.utils.video import write_clip
+
+        if frames is not None:
+            write_clip(self._video_path(result.task, result.episode), frames, self.cfg.video_fps, self.cfg.video_format)
+        self._journal.write(json.dumps(asdict(result)) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def finish(self, result: EvalResult) -> Path:
+        """Publish ``videos/`` and ``eval.json`` (atomically, last) and drop ``.progress``."""
+        import shutil
+
+        from vlatrim.utils.io import write_json_atomic
+
+        self.close()
+        clips = sorted((self.progress / "videos").iterdir())
+        if clips:
+            (self.out / "videos").mkdir(exist_ok=True)
+            for clip in clips:
+                os.replace(clip, self.out / "videos" / clip.name)
+        path = write_json_atomic(self.out / EVAL_FILE, asdict(result))
+        shutil.rmtree(self.progress)
+        return path
+
+    def close(self) -> None:
+        if not self._journal.closed:
+            self._journal.close()
+
+    def discard_if_empty(self, remove_out: bool = False) -> None:
+        """After a failure: remove ``.progress`` (and ``out`` if ``remove_out`` and then empty) when
+        no episode was ever journaled, so a run that did nothing leaves nothing behind."""
+        import shutil
+
+        if self.journal_path.exists() and self.journal_path.stat().st_size > 0:
+            return
+        shutil.rmtree(self.progress, ignore_errors=True)
+        if remove_out and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+
+def run_eval(policy: Policy, cfg: EvalConfig, out: str | os.PathLike, policy_name: str = "", resume: bool = False, progress: bool = True) -> tuple[EvalResult, Path]:
+    """Evaluate into ``out`` with every episode journaled as it ends; resume an unfinished run.
+
+    Args:
+        policy: the policy.
+        cfg: the evaluation settings.
+        out: output directory (see ``EvalStore``).
+        policy_name: how the policy was given (part of the settings).
+        resume: continue the unfinished run in ``out`` (its settings must match).
+        progress: show a tqdm bar.
+
+    Returns:
+        The result (identical, but for ``timing``, to an uninterrupted run's) and ``eval.json``'s path.
+    """
+    out = Path(out)
+    created = not out.exists()
+    store = EvalStore(out, cfg, policy_name, resume=resume)
+    try:
+        if store.done:
+            log.warning("resuming %s: %d of %d episodes already finished", out, len(store.done), cfg.episodes * len(cfg.tasks))
+        result, _ = evaluate(policy, cfg, policy_name, progress=progress, done=store.done, on_episode=store.record)
+    except BaseException:
+        store.close()
+        store.discard_if_empty(remove_out=created)
+        raise
+    return result, store.finish(result)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -101,11 +102,17 @@ class ExpertPolicy:
 
 @BUILTIN_POLICIES.register("random")
 class RandomPolicy:
-    """Uniform random actions in [-1, 1]^4 from a seeded generator (a floor for success rates)."""
+    """Uniform random actions in [-1, 1]^4, a floor for success rates.
+
+    With ``obs["episode"]`` (the evaluator passes it) the action of each env is drawn from a generator
+    seeded by (seed, task, episode, step), so an episode's actions do not depend on which worker ran
+    it, on the other episodes in the batch, or on a resume. Without it, one seeded stream is used.
+    """
 
     uses_images = False
 
     def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
 
     def reset(self, n: int) -> None:
@@ -113,7 +120,13 @@ class RandomPolicy:
 
     def predict(self, obs: dict[str, Any]) -> np.ndarray:
         b = len(obs["state"])
-        return self._rng.uniform(-1.0, 1.0, size=(b, 1, ACTION_DIM)).astype(np.float32)  # (B, 1, 4)
+        if obs.get("episode") is None:
+            return self._rng.uniform(-1.0, 1.0, size=(b, 1, ACTION_DIM)).astype(np.float32)  # (B, 1, 4)
+        out = np.empty((b, 1, ACTION_DIM), np.float32)
+        for i, (task, ep, step) in enumerate(zip(obs["task"], obs["episode"], obs["step"])):
+            key = [self.seed, zlib.crc32(task.encode()), int(ep), int(step)]  # stable across processes
+            out[i, 0] = np.random.default_rng(key).uniform(-1.0, 1.0, size=ACTION_DIM)
+        return out  # (B, 1, 4)
 
 
 def _import_loader_modules() -> None:
