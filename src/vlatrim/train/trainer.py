@@ -250,7 +250,8 @@ class Trainer:
             stop_after: stop once this global step is done (checkpointing it); used to pause a run.
 
         Returns:
-            A ``TrainResult``.
+            A ``TrainResult``. ``self.model`` is then the trained plain module; under FSDP it is rebuilt
+            from the gathered weights on the main process, and the other processes keep their shards.
 
         Raises:
             VlatrimError: no checkpoint to resume from, or a non-finite loss (the run stops; the last
