@@ -111,15 +111,11 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
     frames = load_frames(data)
     trainer_cfg = TrainerConfig.from_dict(settings["trainer"])
     model_cfg = VLAConfig.from_dict({**settings["model"], "image_size": frames.image_size})
-    if not resume:
-        ensure_empty_dir(out)  # only now: a dataset or config that fails leaves no run directory behind
     if resume and settings.get("image_size") not in (None, frames.image_size):
         raise VlatrimError(f"cannot resume: the dataset's images are {frames.image_size} px, the run's model takes "
                            f"{settings['image_size']} px")
     settings["image_size"] = frames.image_size
     train_eps, val_eps = split_episodes(frames, settings["val_fraction"])
-    if not resume:
-        write_json_atomic(out / RUN_CONFIG, settings)
 
     seed_everything(trainer_cfg.seed)
     model = ReferenceVLA.from_backbone(model_cfg, settings["backbone"])
@@ -129,6 +125,13 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
     model.set_normalization(frames.stats(train_eps))
     train_set = ChunkDataset(frames, train_eps, model_cfg.chunk_size, model.tokenize)
     trainer = Trainer(model, train_set, trainer_cfg, out)
+    # Only now, once every process has checked --out and built the model (a dataset, config or backbone
+    # that fails leaves no run directory behind), does the main process write into it.
+    trainer.accelerator.wait_for_everyone()
+    if not resume and trainer.accelerator.is_main_process:
+        ensure_empty_dir(out)
+        write_json_atomic(out / RUN_CONFIG, settings)
+    trainer.accelerator.wait_for_everyone()
     t0 = time.perf_counter()
     result = trainer.fit(resume=resume)
     wall = time.perf_counter() - t0

@@ -9,22 +9,42 @@ What a caller plugs in:
   with ``requires_grad``, no weight decay on 1-d tensors). LoRA wraps the model before the Trainer
   sees it; partial fine-tuning freezes or selects here.
 - ``save_model(model, dir)`` / ``load_model(model, dir)``: how a checkpoint stores the weights
-  (default: ``model.save_pretrained`` and a strict safetensors load of ``model.safetensors``).
+  (default: ``model.save_pretrained`` and a strict safetensors load of ``model.safetensors``). Both
+  always see a plain, unsharded module.
 
-Device placement, autocast, gradient accumulation and data parallelism come from
-``accelerate.Accelerator``: the same code runs on CPU, one GPU, or under ``accelerate launch``
-(DDP; FSDP would additionally need a sharded optimizer-state save, not done here).
+Device placement, autocast, gradient accumulation and distribution come from
+``accelerate.Accelerator``: the same code runs on CPU, one GPU, or several processes started by
+``torchrun`` / ``accelerate launch``:
+- DDP (``accelerate launch --multi_gpu``, or ``torchrun``): every process holds the whole model; the
+  main process writes the checkpoints.
+- FSDP2 (an accelerate config with ``distributed_type: FSDP`` and ``fsdp_version: 2``): parameters,
+  gradients and optimizer state are sharded (``fully_shard``; the optimizer is built over the plain
+  parameters and Accelerate swaps in the DTensor shards). A checkpoint gathers the full weights and
+  the full optimizer state to the main process (``torch.distributed.checkpoint.state_dict``,
+  ``full_state_dict=True, cpu_offload=True``: one tensor at a time, into CPU memory), loads the
+  weights into a parameter-less copy of the model made before sharding, and writes that copy
+  through ``save_model``, so checkpoints and the final model are the same files as without FSDP.
+  Resuming loads the weights into the plain model before sharding and broadcasts the optimizer
+  state from the main process (``set_optimizer_state_dict``, ``broadcast_from_rank0``). FSDP1 is
+  refused. Accelerate 1.15 turns FSDP on only for accelerator devices and would silently run DDP
+  on CPU processes; ``make_accelerator`` turns it on for CPU processes too (torch's FSDP2 runs over
+  gloo), which is how it is tested here.
 
 A checkpoint ``<run>/checkpoints/step-NNNNNNN/`` holds the model files plus ``trainer_state.pt``
 (optimizer, scheduler, torch RNG; read back with ``torch.load(weights_only=True)``) and
-``trainer_state.json`` (step, samples seen). The data order is a pure function of (seed, step)
-(``ResumableBatchSampler``), so resuming continues exactly where the checkpoint was taken.
+``trainer_state.json`` (step, samples seen). The optimizer state is keyed by parameter position
+(``optimizer.state_dict()``, ``optimizer_keys: "index"``) without FSDP and by parameter name
+(``optimizer_keys: "name"``) under FSDP; either kind resumes in either setting. The data order is a
+pure function of (seed, step) (``ResumableBatchSampler``), so resuming continues exactly where the
+checkpoint was taken.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -136,6 +156,18 @@ class Trainer:
             raise VlatrimError(f"micro-batch {micro} (batch_size / grad_accum) is not divisible by "
                                f"the {n_proc} processes")
         self.micro_batch = micro
+        self.fsdp = is_fsdp(self.accelerator)
+        if self.fsdp and not self.accelerator.is_fsdp2:
+            raise VlatrimError("FSDP version 1 is not supported by the vlatrim trainer; set fsdp_version: 2 in the "
+                               "accelerate config (or pass --fsdp_version 2 to accelerate launch)")
+        if self.fsdp:
+            # `accelerate launch` turns cpu_ram_efficient_loading on by default. It is for transformers'
+            # from_pretrained loading the weights on rank 0 only; here every process already holds the
+            # whole model when the Trainer gets it, and Accelerate's re-broadcast of rank 0's weights
+            # needs a transformers PreTrainedModel (``get_parameter_or_buffer``): it fails on a VLA.
+            self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading = False
+        self._template: nn.Module | None = None  # FSDP: parameter-less copy of the model, main process only
+        self._final: tuple[int, nn.Module | None] | None = None  # FSDP: (step, plain model) of the last step
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -149,30 +181,54 @@ class Trainer:
         found = [p for p in self.checkpoint_root.glob("step-*") if (p / STATE_JSON).is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
-    def _save_checkpoint(self, model, optimizer, scheduler, step: int) -> Path:
+    def _save_checkpoint(self, model, optimizer, scheduler, step: int, final: bool = False) -> Path:
         acc = self.accelerator
         acc.wait_for_everyone()
         path = self.checkpoint_root / f"step-{step:07d}"
+        if self.fsdp:
+            # Collectives: every process sends its shards, the main process receives whole tensors.
+            plain, optim_state = self._gather_plain(model), full_optimizer_state(model, optimizer)
+            keys = "name"
+        else:
+            plain, optim_state, keys = acc.unwrap_model(model), None, "index"
         if acc.is_main_process:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "torch_rng": torch.get_rng_state()}
+            state = {"optimizer": optimizer.state_dict() if optim_state is None else optim_state,
+                     "optimizer_keys": keys, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
             if torch.cuda.is_available():
                 state["cuda_rng"] = torch.cuda.get_rng_state_all()
             with atomic_dir(path, overwrite=True) as tmp:
-                self.save_model(acc.unwrap_model(model), tmp)
+                self.save_model(plain, tmp)
                 torch.save(state, tmp / STATE_PT)
                 (tmp / STATE_JSON).write_text(json.dumps(
                     {"step": step, "samples": step * self.config.batch_size, "config": self.config.to_dict()},
                     indent=2) + "\n")
             for old in self.checkpoints()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+        if self.fsdp and final:  # on every process: the loop's end then skips a second gather (a collective)
+            self._final = (step, plain)
         acc.wait_for_everyone()
         return path
+
+    def _gather_plain(self, model: nn.Module) -> nn.Module | None:
+        """FSDP: the full weights in a plain copy of the model on the main process (None elsewhere)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.accelerator.is_main_process:
+            return None
+        # A parameter whose rows do not split evenly over the processes comes back as a view into the
+        # padded all-gather buffer; safetensors refuses to save a tensor that does not cover its storage.
+        weights = {k: v if v.untyped_storage().nbytes() == v.nbytes else v.clone() for k, v in weights.items()}
+        plain = copy.deepcopy(self._template)
+        plain.load_state_dict(weights, strict=True, assign=True)  # meta parameters take the gathered tensors
+        return plain
 
     def _load_state(self, path: Path) -> dict[str, Any]:
         meta = read_json(path / STATE_JSON, what="trainer state")
         try:
-            state = torch.load(path / STATE_PT, map_location="cpu", weights_only=True)
+            # Under FSDP only the main process reads the optimizer state (it broadcasts it): mmap keeps the
+            # others from paging in a file that holds the whole model's moments.
+            state = torch.load(path / STATE_PT, map_location="cpu", weights_only=True, mmap=self.fsdp)
         except FileNotFoundError:
             raise VlatrimError(f"checkpoint {str(path)!r} has no {STATE_PT}") from None
         except Exception as e:  # a truncated / foreign file: name it, do not show a pickle traceback
@@ -194,7 +250,8 @@ class Trainer:
             stop_after: stop once this global step is done (checkpointing it); used to pause a run.
 
         Returns:
-            A ``TrainResult``.
+            A ``TrainResult``. ``self.model`` is then the trained plain module; under FSDP it is rebuilt
+            from the gathered weights on the main process, and the other processes keep their shards.
 
         Raises:
             VlatrimError: no checkpoint to resume from, or a non-finite loss (the run stops; the last
@@ -213,13 +270,25 @@ class Trainer:
             self.load_model(self.model, ckpts[-1])
         else:
             torch.manual_seed(cfg.seed)
-        model = self.model.to(acc.device)
+        # Under FSDP the whole model stays where it is: fully_shard moves each process's shards to the device.
+        model = self.model if self.fsdp else self.model.to(acc.device)
         model.train()
+        if self.fsdp and acc.is_main_process:
+            self._template = meta_copy(model)  # made before sharding replaces the parameters
+        # Built over the plain parameters; under FSDP2 Accelerate's prepare swaps in the DTensor shards
+        # (it maps them by name), which the fused AdamW kernel supports (DTensor has a sharding rule for it).
         optimizer = make_adamw(self.param_groups(model), cfg)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps, min_lr_rate=cfg.min_lr_ratio)
+        optim_state = None
         if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            optim_state = state.get("optimizer") if acc.is_main_process or not self.fsdp else None
+            if not self.fsdp:
+                if state.get("optimizer_keys") == "name":  # written by an FSDP run
+                    optim_state = optimizer_state_by_index(optim_state, optimizer, model)
+                optimizer.load_state_dict(optim_state)
+            elif acc.is_main_process and state.get("optimizer_keys", "index") == "index":
+                optim_state = optimizer_state_by_name(optim_state, optimizer, model)
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and torch.cuda.is_available():
@@ -234,6 +303,8 @@ class Trainer:
         loader = DataLoader(self.train_data, batch_sampler=sampler, collate_fn=collate_batch,
                             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        if state is not None and self.fsdp:
+            load_full_optimizer_state(model, optimizer, optim_state if acc.is_main_process else {})
         log_path = self.run_dir / LOG_FILE
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -291,22 +362,99 @@ class Trainer:
                     window, window_n = {}, 0
                 if step % cfg.checkpoint_every == 0 or step == end:
                     tc = time.perf_counter()
-                    self._save_checkpoint(model, optimizer, scheduler, step)
+                    self._save_checkpoint(model, optimizer, scheduler, step, final=step == end)
                     ckpt_time += time.perf_counter() - tc
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0 - ckpt_time
-        self.model = acc.unwrap_model(model)
+        if not self.fsdp:
+            self.model = acc.unwrap_model(model)
+        else:  # the sharded module needs every process for a forward pass: hand back a plain one
+            plain = self._final[1] if self._final and self._final[0] == step else self._gather_plain(model)
+            self.model = plain if acc.is_main_process else acc.unwrap_model(model)
+            self._final = None
         return TrainResult(step=step, finished=step >= cfg.steps, last_log=last_log,
                            steps_per_s=(step - start) / elapsed if elapsed > 0 else math.nan, resumed_from=start)
+
+
+def is_fsdp(accelerator: Any) -> bool:
+    """Whether ``accelerator`` shards the model (FSDP, any version)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters are on the meta device (no memory); buffers are copied.
+
+    ``load_state_dict(weights, assign=True)`` on (a copy of) it gives a plain model with those weights;
+    ``requires_grad`` is kept, so hooks that select trainable parameters see the same ones.
+    """
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+
+
+def full_optimizer_state(model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """FSDP: the whole optimizer state keyed by parameter name, on the main process ({} elsewhere).
+
+    A collective: every process must call it. Tensors are gathered one at a time into CPU memory.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, _torch_optimizer(optimizer),
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+    """FSDP: load a name-keyed full optimizer state given on the main process ({} elsewhere) into the
+    sharded optimizer; the main process broadcasts each tensor and every process keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, _torch_optimizer(optimizer), state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _param_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    # optimizer.state_dict() numbers the parameters 0, 1, ... across its groups in this order.
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def optimizer_state_by_name(state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                            model: nn.Module) -> dict[str, Any]:
+    """``optimizer.state_dict()`` (keyed by position) re-keyed by parameter name, the layout of
+    ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``; ``optimizer`` is a fresh one
+    over ``model``'s parameters built with the same groups."""
+    order = _param_names(optimizer, model)
+    return {"state": {order[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
+
+
+def optimizer_state_by_index(state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                             model: nn.Module) -> dict[str, Any]:
+    """The inverse of ``optimizer_state_by_name``: a name-keyed state for ``optimizer.load_state_dict``."""
+    index = {n: i for i, n in enumerate(_param_names(optimizer, model))}
+    missing = sorted(set(state["state"]) - set(index))
+    if missing:
+        raise VlatrimError(f"the checkpoint's optimizer state names parameters this model does not train "
+                           f"({len(missing)}, e.g. {missing[:2]})")
+    return {"state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
 
 
 def make_adamw(groups: list[dict[str, Any]], config: TrainerConfig) -> torch.optim.AdamW:
     """AdamW over ``groups``, with the fused kernel where every parameter is a plain CPU/CUDA tensor.
 
     The fused kernel updates all parameters in one pass instead of a dozen elementwise ops per
-    tensor (the update was ~20% of a quick-preset CPU step). It does the same arithmetic; sharded
-    (DTensor) parameters keep the default implementation.
+    tensor (the update was ~20% of a quick-preset CPU step). It does the same arithmetic. Under FSDP2
+    the optimizer is built here over the plain parameters and Accelerate swaps in the DTensor shards
+    afterwards; the fused kernel runs on them (DTensor has a sharding rule for ``_fused_adamw_``).
+    Parameters that are already DTensors when it is built keep the default implementation.
     """
     params = [p for g in groups for p in g["params"]]
     fused = all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point()
@@ -340,9 +488,32 @@ def make_accelerator(config: TrainerConfig):
 
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=not use_cuda, mixed_precision=precision,
-                       gradient_accumulation_steps=config.grad_accum,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+    acc = Accelerator(cpu=not use_cuda, mixed_precision=precision,
+                      gradient_accumulation_steps=config.grad_accum,
+                      dataloader_config=DataLoaderConfiguration(split_batches=True))
+    _fsdp_on_cpu(acc, precision)
+    return acc
+
+
+def _fsdp_on_cpu(acc: Any, precision: str) -> None:
+    """Honour ``accelerate launch``'s FSDP request on CPU processes.
+
+    Accelerate 1.15 reads ``ACCELERATE_USE_FSDP`` but switches to FSDP only for accelerator devices
+    (``AcceleratorState.__init__``); CPU processes would silently train with DDP. torch's FSDP2
+    (``fully_shard``) runs on CPU over gloo, so this sets the state the way Accelerate sets it on GPUs:
+    a ``FullyShardedDataParallelPlugin`` read from the launcher's ``FSDP_*`` variables, and
+    ``distributed_type = FSDP`` (only on the accelerator state: a later reset re-derives it).
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (acc.distributed_type != DistributedType.MULTI_CPU
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true"):
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if precision != "no":
+        plugin.set_mixed_precision(precision)
+    acc.state.fsdp_plugin = plugin
+    acc.state.distributed_type = DistributedType.FSDP
 
 
 def _truncate_log(path: Path, step: int) -> None:
