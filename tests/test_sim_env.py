@@ -98,3 +98,19 @@ def test_env_is_deterministic_per_start_and_demo_eval_starts_differ():
         demo_objs = {tuple(np.round(env.reset(episode_start("demo", 0, e)).raw[4:7], 6)) for e in range(10)}
         eval_objs = {tuple(np.round(env.reset(episode_start("eval", 0, e)).raw[4:7], 6)) for e in range(10)}
         assert len(demo_objs) == 10 and len(eval_objs) == 10 and not demo_objs & eval_objs
+
+
+def test_envs_sharing_a_start_cache_build_each_start_table_once():
+    # Evaluation workers share one cache across their slots' envs: the same (task, seed) start table
+    # must be built once and give both envs the same start.
+    from vlatrim.sim.env import MetaWorldEnv, episode_start
+
+    cache: dict = {}
+    start = episode_start("eval", 0, 3)
+    with MetaWorldEnv("reach", render=False, start_cache=cache) as a, \
+            MetaWorldEnv("reach", render=False, start_cache=cache) as b:
+        ra, rb = a.reset(start).raw, b.reset(start).raw
+        table = cache[("reach-v3", start[0])]
+        b.reset(episode_start("eval", 0, 4))  # same seed block: no new table
+    assert list(cache) == [("reach-v3", start[0])] and cache[("reach-v3", start[0])] is table
+    np.testing.assert_array_equal(ra, rb)

@@ -315,3 +315,19 @@ def test_resume_with_every_episode_done_starts_no_worker():
     assert [(e["task"], e["episode"]) for e in r.episodes] == [("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0), ("push-v3", 1)]
     assert r.overall["successes"] == 2 and r.timing["resumed_episodes"] == 4 and r.timing["env_steps"] == 0 and not videos
     assert r.settings["workers_used"] == 2  # as an uninterrupted run would record it
+
+
+def test_double_buffered_eval_gives_a_torch_policy_the_cores_the_workers_leave():
+    import os
+
+    import torch
+
+    from vlatrim.sim.evaluate import _policy_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert _policy_threads(1, 1) is None and torch.get_num_threads() == before  # lock-step: untouched
+        assert _policy_threads(2, 2) == before
+        assert torch.get_num_threads() == max(1, min(before, os.cpu_count() - 2))
+    finally:
+        torch.set_num_threads(before)

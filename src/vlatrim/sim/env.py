@@ -60,9 +60,12 @@ class MetaWorldEnv:
         image_size: side of the square camera image in pixels.
         camera: Meta-World camera name.
         render: create a renderer (False: ``Step.image`` is None, no GL needed).
+        start_cache: a dict shared by several envs of one process to hold the ``metaworld.MT1``
+            objects that define start configurations (building one costs ~0.5 s); default: its own.
     """
 
-    def __init__(self, task: str, image_size: int = 96, camera: str = "corner", render: bool = True) -> None:
+    def __init__(self, task: str, image_size: int = 96, camera: str = "corner", render: bool = True,
+                 start_cache: dict[tuple[str, int], Any] | None = None) -> None:
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the Meta-World/* gym ids)
 
@@ -74,7 +77,7 @@ class MetaWorldEnv:
         self._gym.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
         self.unwrapped = self._gym.unwrapped
         self.fps = int(self.unwrapped.metadata.get("render_fps", 80))
-        self._benchmarks: dict[int, Any] = {}
+        self._benchmarks: dict[tuple[str, int], Any] = {} if start_cache is None else start_cache
         self.renderer = None
         if render:
             from vlatrim.sim.render import OffscreenRenderer
@@ -89,11 +92,11 @@ class MetaWorldEnv:
     def _task_for(self, start_seed: int, i: int) -> Any:
         import metaworld
 
-        bench = self._benchmarks.get(start_seed)
+        bench = self._benchmarks.get((self.task, start_seed))
         if bench is None:
-            if len(self._benchmarks) >= 4:  # MT1 objects are small, but a long run visits many seeds
+            if len(self._benchmarks) >= 8:  # MT1 objects are small, but a long run visits many seeds
                 self._benchmarks.pop(next(iter(self._benchmarks)))
-            bench = self._benchmarks[start_seed] = metaworld.MT1(self.task, seed=start_seed)
+            bench = self._benchmarks[(self.task, start_seed)] = metaworld.MT1(self.task, seed=start_seed)
         return bench.train_tasks[i]
 
     def _observe(self, raw: np.ndarray, success: bool) -> Step:
