@@ -47,8 +47,10 @@ def stage_data(work: Path, episodes: int, image_size: int) -> Path:
     from vlatrim.data.lerobot import LeRobotWriter, metaworld_features
     from vlatrim.sim.env import MetaWorldEnv, episode_start
     from vlatrim.sim.policy import ExpertPolicy
+    from vlatrim.sim.render import ensure_gl_backend
     from vlatrim.utils.io import atomic_dir
 
+    ensure_gl_backend()  # before MuJoCo is imported: picks EGL or OSMesa when MUJOCO_GL is unset
     out = work / "data"
     if (out / "meta" / "info.json").is_file():
         return out

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 
 from vlatrim.data.metaworld_demos import PROGRESS_DIR, Attempt, DemoConfig, _needed, _prepare_out, _read_journal, _stage_path
 from vlatrim.errors import VlatrimError
+from procs import kill_after_first_line
 
 
 def _cfg(**kw):
@@ -103,12 +102,7 @@ def test_generate_two_episodes_and_resume_after_kill(tmp_path):
 
     # Kill a second run after its first journalled attempt, then resume: same dataset as run a.
     p = _run_cli(tmp_path / "b")
-    journal = tmp_path / "b" / PROGRESS_DIR / "attempts.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (journal.exists() and journal.read_text().count("\n") >= 1):
-        time.sleep(0.1)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_after_first_line(p, tmp_path / "b" / PROGRESS_DIR / "attempts.jsonl", 240, poll_s=0.1)
     assert (tmp_path / "b" / PROGRESS_DIR).is_dir() and not (tmp_path / "b/meta/info.json").exists()
     p = _run_cli(tmp_path / "b")
     assert p.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()

@@ -14,6 +14,7 @@ import pytest
 
 from vlatrim.errors import VlatrimError
 from vlatrim.sim.evaluate import PROGRESS_DIR, EpisodeResult, EvalConfig, EvalStore, _summarise, check_out, run_eval, write_eval
+from procs import kill_after_first_line
 
 
 def test_config_validation():
@@ -125,19 +126,10 @@ def _cli(out: Path, *extra: str) -> subprocess.Popen:
 
 def test_eval_killed_then_resumed_equals_uninterrupted(tmp_path):
     """SIGKILL a `vlatrim eval` run after its first finished episode; --resume completes it with the same eval.json."""
-    import signal
-    import time
-
     from vlatrim.sim.policy import RandomPolicy
 
     p = _cli(tmp_path / "b")
-    journal = tmp_path / "b" / PROGRESS_DIR / "episodes.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (journal.exists() and journal.read_text().count("\n") >= 1):
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    n_done = journal.read_text().count("\n")
+    n_done = kill_after_first_line(p, tmp_path / "b" / PROGRESS_DIR / "episodes.jsonl", 120, poll_s=0.02)
     assert 1 <= n_done < 8 and not (tmp_path / "b" / "eval.json").exists()
     p = _cli(tmp_path / "b", "--resume")
     assert p.wait(timeout=120) == 0, (tmp_path / "b.log").read_text()
