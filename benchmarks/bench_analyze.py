@@ -139,6 +139,21 @@ def stage_score(run: Path, data: Path, batches: int, batch_size: int, repeats: i
     return out
 
 
+def stage_eval(work: Path, run: Path, episodes: int) -> dict:
+    """Closed-loop success of the trained model on TASKS (evaluation starts, 2 workers, 300-step limit)."""
+    from vlatrim.sim.evaluate import EvalConfig, run_eval
+    from vlatrim.sim.policy import load_policy
+
+    out = work / f"eval{episodes}"
+    if not (out / "eval.json").is_file():
+        policy = load_policy(str(run))
+        cfg = EvalConfig(tasks=TASKS, episodes=episodes, workers=2, max_steps=300, image_size=policy.image_size)
+        run_eval(policy, cfg, out, str(run), progress=False)
+    ev = json.loads((out / "eval.json").read_text())
+    return {"episodes_per_task": episodes, "max_steps": 300, "mean_success": ev["overall"]["mean_success"],
+            "per_task": {t: v["success_rate"] for t, v in ev["per_task"].items()}}
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -204,6 +219,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4, help="calibration batches")
     ap.add_argument("--batch-size", type=int, default=16, help="calibration batch size (and the memory step's)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per scorer (drop-one: half)")
+    ap.add_argument("--eval-episodes", type=int, default=10,
+                    help="closed-loop episodes per task of the trained model (0: skip), to show it is trained")
+    ap.add_argument("--conditions", default="", help="how loaded the machine was (stored with the timings)")
     ap.add_argument("--memory-phase", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -221,15 +239,17 @@ def main() -> None:
     train = json.loads((run / "train.json").read_text())
     scores = stage_score(run, data, args.batches, args.batch_size, args.repeats)
     memory = stage_memory(run, data, args.batch_size)
+    closed_loop = stage_eval(work, run, args.eval_episodes) if args.eval_episodes else None
     result = {
         "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                   f"{os.cpu_count()} cores",
-        "conditions": "machine shared with 3 other engineers' jobs: timings are noisy; re-run on a quiet machine",
+        "conditions": args.conditions or f"1-min load average {os.getloadavg()[0]:.2f} at the end",
         "model": {"backbone": BACKBONE, "blocks": BACKBONE["num_hidden_layers"],
                   "parameters": train["model"]["parameters"], "backbone_parameters": train["model"]["backbone_parameters"],
                   "trained": f"from scratch, {train['steps']} steps at batch {train['settings']['trainer']['batch_size']} "
-                             f"(quick preset VLA settings); trained briefly, not to convergence",
-                  "held_out": {k: train.get("held_out", {}).get(k) for k in ("l1", "mse")}},
+                             f"(quick preset VLA settings, {train.get('mixed_precision')} autocast)",
+                  "held_out": {k: train.get("held_out", {}).get(k) for k in ("l1", "mse")},
+                  "closed_loop": closed_loop},
         "dataset": {"tasks": TASKS, "episodes_per_task": args.episodes, "image_size": args.image_size,
                     "frames": train["dataset"]["frames"], "generation_s": t_data},
         "calibration": scores.pop("_calibration"),
