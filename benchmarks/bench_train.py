@@ -1,9 +1,11 @@
 """Training throughput of the reference VLA: optimizer steps/s (and samples/s) per preset and device.
 
-One step = forward + backward + gradient clipping + AdamW update on a batch of synthetic 96 px
-frames (the data path is an in-memory gather, negligible next to the model). Warm-up steps are
-dropped; the median of the timed steps is reported. CUDA runs use bf16 autocast (what ``vlatrim
-train`` does there) and synchronize around every step. Results go to benchmarks/results/train.json.
+One step = forward + backward + gradient clipping + AdamW update (the trainer's fused AdamW) on a
+batch of synthetic 96 px frames (the data path is an in-memory gather, negligible next to the
+model). Warm-up steps are dropped; the median of the timed steps is reported. CUDA runs use bf16
+autocast (what ``vlatrim train`` does there) and synchronize around every step; CPU runs are timed
+in fp32 and, on a CPU with native bf16 (AVX512-BF16/AMX), in bf16 autocast too (what the quick
+preset uses there), in one run. Results go to benchmarks/results/train.json.
 
     PYTHONPATH=src python benchmarks/bench_train.py [--steps 10] [--warmup 3] [--presets quick default]
 """
@@ -21,7 +23,10 @@ from pathlib import Path
 import torch
 
 from vlatrim.models.reference import ReferenceVLA, VLAConfig
+from vlatrim.train.config import TrainerConfig
 from vlatrim.train.presets import TRAIN_PRESETS
+from vlatrim.train.trainer import default_param_groups, make_adamw
+from vlatrim.utils.hardware import cpu_has_native_bf16
 from vlatrim.utils.io import write_json_atomic
 
 OUT = Path(__file__).resolve().parent / "results" / "train.json"
@@ -38,7 +43,8 @@ def make_batch(vla: ReferenceVLA, batch_size: int, image_size: int, device: torc
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size: int = 96) -> dict:
+def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size: int = 96,
+          bf16: bool = False) -> dict:
     p = TRAIN_PRESETS.get(preset)()
     torch.manual_seed(0)
     vla = ReferenceVLA.from_backbone(VLAConfig(image_size=image_size, **p.model), p.backbone).to(device).train()
@@ -47,9 +53,9 @@ def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size
     bs = p.trainer["batch_size"]
     batch = make_batch(vla, bs, image_size, device)
     params = [q for q in vla.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = make_adamw(default_param_groups(vla, 0.01), TrainerConfig(lr=1e-4))
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     times = []
     for i in range(warmup + steps):
         if cuda:
@@ -71,7 +77,7 @@ def bench(preset: str, device: torch.device, steps: int, warmup: int, image_size
             "sequence_length": vla.config.num_image_tokens + 1 + vla.config.max_text_tokens + vla.config.chunk_size,
             "batch_size": bs, "parameters": sum(q.numel() for q in vla.parameters()),
             "trainable_parameters": sum(q.numel() for q in params),
-            "device": device.type, "precision": "bf16 autocast" if cuda else "fp32",
+            "device": device.type, "precision": "bf16 autocast" if bf16 else "fp32",
             "median_s_per_step": med, "min_s_per_step": min(times), "max_s_per_step": max(times),
             "steps_per_s": 1.0 / med, "samples_per_s": bs / med, "timed_steps": steps, "warmup_steps": warmup}
 
@@ -83,12 +89,13 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["quick", "default"])
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
     args = ap.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    runs = [(torch.device("cpu"), False)] + ([(torch.device("cpu"), True)] if cpu_has_native_bf16() else [])
+    runs += [(torch.device("cuda"), True)] if torch.cuda.is_available() else []
     rows = []
-    for dev in devices:
+    for dev, bf16 in runs:
         for preset in args.presets:
-            r = bench(preset, dev, args.steps, args.warmup)
-            print(f"{dev.type:4s} {preset:8s} {r['median_s_per_step']:.3f} s/step  {r['steps_per_s']:.2f} steps/s  "
+            r = bench(preset, dev, args.steps, args.warmup, bf16=bf16)
+            print(f"{dev.type:4s} {r['precision']:13s} {preset:8s} {r['median_s_per_step']:.3f} s/step  {r['steps_per_s']:.2f} steps/s  "
                   f"{r['samples_per_s']:.1f} samples/s", flush=True)
             rows.append(r)
     result = {
