@@ -23,11 +23,14 @@ def _cfg(**kw):
 def test_config_validation():
     assert _cfg(tasks="mt10").tasks[0] == "reach-v3" and _cfg().max_attempts_per_task == 14
     for kw, msg in [({"episodes_per_task": 0}, "--episodes-per-task must be >= 1"), ({"image_size": 4}, "--image-size must be in 8..1024"),
-                    ({"max_steps": 501}, "--max-steps must be in 1..500"), ({"workers": 0}, "--workers must be >= 1"), ({"tasks": "nope"}, "unknown task 'nope'")]:
+                    ({"max_steps": 501}, "--max-steps must be in 1..500"), ({"workers": 0}, "--workers must be >= 1"), ({"tasks": "nope"}, "unknown task 'nope'"),
+                    ({"video_pix_fmt": "rgb24"}, "--video-pix-fmt 'rgb24' is not valid; valid: yuv444p, yuv420p")]:
         with pytest.raises(VlatrimError, match=msg):
             _cfg(**kw)
     # Workers do not change the content, so they are not part of what a resume must match.
     assert _cfg(workers=1).content_settings() == _cfg(workers=2).content_settings()
+    # The video pixel format changes the stored frames: a resume must match it.
+    assert _cfg(video=True).content_settings() != _cfg(video=True, video_pix_fmt="yuv420p").content_settings()
 
 
 def test_out_new_resume_and_refusals(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from vlatrim.cli.registry import COMMANDS
 
@@ -36,6 +37,9 @@ class DataMetaWorldCommand:
     """Meta-World camera name."""
     video: bool = False
     """Store the camera images as MP4 video (LeRobot's video dtype, H.264) instead of PNGs in the parquet."""
+    video_pix_fmt: Literal["yuv444p", "yuv420p"] = "yuv444p"
+    """With --video: yuv444p (full colour, closest to the frames, not playable in web browsers) or yuv420p
+    (browser-playable, smaller, lossier)."""
 
     def run(self) -> None:
         from vlatrim.data.metaworld_demos import DemoConfig, generate_demos
@@ -50,6 +54,7 @@ class DataMetaWorldCommand:
             max_steps=self.max_steps,
             workers=self.workers,
             video=self.video,
+            video_pix_fmt=self.video_pix_fmt,
         )
         report = generate_demos(cfg, self.out)
         print(

@@ -66,6 +66,9 @@ class DemoConfig:
     """Worker processes rolling out episodes (does not change the result)."""
     video: bool = False
     """Store the camera as LeRobot's video dtype (MP4, H.264) instead of PNGs in the parquet."""
+    video_pix_fmt: str = "yuv444p"
+    """With ``video``: ``yuv444p`` (full colour resolution, closest to the frames; not playable in web
+    browsers) or ``yuv420p`` (browser-playable, ~2x smaller, ~2.5x the pixel error)."""
 
     def __post_init__(self) -> None:
         self.tasks = parse_tasks(self.tasks)
@@ -83,6 +86,8 @@ class DemoConfig:
             raise VlatrimError(f"max attempts per task ({self.max_attempts_per_task}) must be >= --episodes-per-task ({self.episodes_per_task})")
         if self.workers < 1:
             raise VlatrimError(f"--workers must be >= 1, got {self.workers}")
+        if self.video_pix_fmt not in ("yuv444p", "yuv420p"):
+            raise VlatrimError(f"--video-pix-fmt {self.video_pix_fmt!r} is not valid; valid: yuv444p, yuv420p")
 
     def content_settings(self) -> dict[str, Any]:
         """The settings that decide the dataset (what a resumed run must match)."""
@@ -368,7 +373,8 @@ def _assemble(out: Path, cfg: DemoConfig, keep: list[tuple[str, int]], stage_dir
     # Meta-World's control rate: 80 Hz in v3 (frame_skip 5 x 2.5 ms), a class attribute.
     fps = int(ALL_V3_ENVIRONMENTS[cfg.tasks[0]].metadata.get("render_fps", 80))
     key = f"observation.images.{cfg.camera}"
-    with LeRobotWriter(build, metaworld_features(cfg.image_size, cfg.camera, video=cfg.video), fps=fps, robot_type="sawyer") as w:
+    with LeRobotWriter(build, metaworld_features(cfg.image_size, cfg.camera, video=cfg.video), fps=fps, robot_type="sawyer",
+                       video_pix_fmt=cfg.video_pix_fmt) as w:
         for task, k in keep:
             t = pq.read_table(_stage_path(stage_dir, task, k))
             n = t.num_rows
