@@ -114,3 +114,29 @@ def test_envs_sharing_a_start_cache_build_each_start_table_once():
         b.reset(episode_start("eval", 0, 4))  # same seed block: no new table
     assert list(cache) == [("reach-v3", start[0])] and cache[("reach-v3", start[0])] is table
     np.testing.assert_array_equal(ra, rb)
+
+
+@pytest.mark.filterwarnings("ignore:Constant")
+def test_direct_env_factory_matches_gym_make():
+    # make_mt1_env skips the start table gym.make builds; the env must behave exactly the same.
+    import gymnasium as gym
+
+    from metaworld import MT1
+    from metaworld.policies import ENV_POLICY_MAP
+
+    from vlatrim.sim.env import make_mt1_env
+
+    def rollout(env, task):
+        env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
+        env.unwrapped.set_task(MT1(task, seed=7).train_tasks[3])
+        obs, _ = env.reset(seed=7)
+        out, policy = [obs], ENV_POLICY_MAP[task]()
+        for _ in range(25):
+            obs, *_ = env.step(np.clip(policy.get_action(obs), -1, 1))
+            out.append(obs)
+        env.close()
+        return np.array(out)
+
+    for task in ("reach-v3", "drawer-open-v3"):
+        ref = rollout(gym.make("Meta-World/MT1", env_name=task, seed=0, disable_env_checker=True), task)
+        np.testing.assert_array_equal(rollout(make_mt1_env(task), task), ref)

@@ -42,6 +42,25 @@ def episode_start(split: str, seed: int, episode: int) -> tuple[int, int]:
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF), i
 
 
+def make_mt1_env(task: str) -> Any:
+    """Meta-World's single-task env with the wrappers of ``gym.make("Meta-World/MT1", seed=0)``.
+
+    ``gym.make`` first builds a ``metaworld.MT1`` start table (~0.5 s of the ~0.6 s an env takes),
+    which vlatrim never uses: every reset sets its start explicitly. Meta-World's own env factory
+    with an empty task list builds the same wrapped env without it (tests/test_sim_env.py checks the
+    trajectories are identical); releases without that factory fall back to ``gym.make``.
+    """
+    import metaworld  # registers the Meta-World/* gym ids
+
+    factory = getattr(metaworld, "_init_each_env", None)
+    classes = getattr(metaworld, "ALL_V3_ENVIRONMENTS", {})
+    if factory is not None and task in classes:
+        return factory(env_cls=classes[task], tasks=[], seed=0, num_tasks=1)
+    import gymnasium as gym
+
+    return gym.make("Meta-World/MT1", env_name=task, seed=0, disable_env_checker=True)
+
+
 @dataclass
 class Step:
     """What one env step returns: observation parts plus success."""
@@ -66,14 +85,11 @@ class MetaWorldEnv:
 
     def __init__(self, task: str, image_size: int = 96, camera: str = "corner", render: bool = True,
                  start_cache: dict[tuple[str, int], Any] | None = None) -> None:
-        import gymnasium as gym
-        import metaworld  # noqa: F401  (registers the Meta-World/* gym ids)
-
         self.task = canonical_task(task)
         if image_size < 8:
             raise VlatrimError(f"image size must be >= 8 px, got {image_size}")
         self.image_size, self.camera = int(image_size), camera
-        self._gym = gym.make("Meta-World/MT1", env_name=self.task, seed=0, disable_env_checker=True)
+        self._gym = make_mt1_env(self.task)
         self._gym.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
         self.unwrapped = self._gym.unwrapped
         self.fps = int(self.unwrapped.metadata.get("render_fps", 80))
