@@ -97,6 +97,11 @@ def test_store_settings_mismatch_torn_journal_and_refusals(tmp_path):
     # Workers are not a content setting; finished episodes come back in order, the torn one is dropped.
     store = EvalStore(out, EvalConfig(tasks="reach", episodes=3, max_steps=20, workers=2), "random", resume=True)
     assert [(r.episode, r.success, r.steps, r.start) for r in store.done] == [(0, True, 7, (5, 0)), (1, False, 20, (5, 1))]
+    # The episode journaled after the torn line stands on a line of its own: a second resume reads it.
+    store.record(EpisodeResult("reach-v3", 2, (5, 2), True, 9), None)
+    store.close()
+    store = EvalStore(out, cfg, "random", resume=True)
+    assert [r.episode for r in store.done] == [0, 1, 2]
     store.close()
     (out / "eval.json").write_text("{}")
     with pytest.raises(VlatrimError, match="already holds a finished evaluation"):
@@ -187,6 +192,34 @@ def test_chunks_run_in_the_loop_and_a_crash_fails_only_its_episode():
 
 
 @pytest.mark.integration
+class _NaNTailExpert:
+    """Expert chunks of 3 whose last action is NaN: with n_action_steps=2 it is never executed."""
+
+    uses_images = False
+
+    def __init__(self) -> None:
+        from vlatrim.sim.policy import ExpertPolicy
+
+        self.expert = ExpertPolicy()
+
+    def reset(self, n):
+        pass
+
+    def predict(self, obs):
+        a = np.repeat(self.expert.predict(obs), 3, axis=1)  # (B, 3, 4)
+        a[:, 2] = np.nan
+        return a
+
+
+@pytest.mark.integration
+def test_only_the_executed_part_of_a_chunk_must_be_finite():
+    from vlatrim.sim.evaluate import evaluate
+
+    cfg = EvalConfig(tasks="reach", episodes=2, workers=1, n_action_steps=2, max_steps=150)
+    r, _ = evaluate(_NaNTailExpert(), cfg, "nan-tail", progress=False)
+    assert [(e["success"], e["error"]) for e in r.episodes] == [(True, None), (True, None)]
+
+
 @pytest.mark.integration
 def test_slots_do_not_change_results():
     # Episodes are seeded by index: running two at once per worker (double-buffered slots) must give

@@ -137,6 +137,22 @@ def test_fused_adamw_does_the_default_update():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
+def test_resume_keeps_this_runs_adamw_kernel():
+    # A checkpoint's param groups carry the kernel flags of the run that wrote it; loading it must not
+    # switch this run's fused kernel off (or on).
+    from vlatrim.train.trainer import _kernel_flags_kept, default_param_groups, make_adamw
+
+    m = torch.nn.Linear(3, 2)
+    old = torch.optim.AdamW(default_param_groups(m, 0.01), lr=1e-3)  # unfused, as before make_adamw
+    m(torch.ones(1, 3)).sum().backward()
+    old.step()
+    new = make_adamw(default_param_groups(m, 0.01), TrainerConfig(lr=1e-3))
+    with _kernel_flags_kept(new):
+        new.load_state_dict(old.state_dict())
+    assert all(g["fused"] is True for g in new.param_groups)
+    assert torch.equal(new.state[m.weight]["exp_avg"], old.state[m.weight]["exp_avg"])
+
+
 @pytest.mark.skipif(not __import__("vlatrim.utils.hardware", fromlist=["x"]).cpu_has_native_bf16(),
                     reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
 def test_cpu_bf16_autocast_trains_and_resumes_exactly(tmp_path):
@@ -155,6 +171,13 @@ def test_cpu_bf16_autocast_trains_and_resumes_exactly(tmp_path):
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
         assert v.dtype == torch.float32, k  # autocast computes in bf16; the weights stay fp32
+    # The trained model handed back computes in fp32 (no autocast wrapper left on its forward).
+    clone = tiny_vla(frames, "tiny-llama")
+    clone.load_state_dict(ref.state_dict())
+    batch = ChunkDataset(frames, range(6), T, ref.tokenize).__getitems__(list(range(8)))
+    ref.eval(), clone.eval()
+    with torch.no_grad():
+        assert torch.equal(ref(batch)["loss"], clone(batch)["loss"])
     # A study then recovers in fp32 in the same process: Accelerate's one-precision state must not refuse it.
     fp32 = Trainer(again, ChunkDataset(frames, range(6), T, again.tokenize),
                    TrainerConfig(steps=1, batch_size=8, mixed_precision="no", device="cpu"), tmp_path / "c")

@@ -93,6 +93,9 @@ class DemoConfig:
         """The settings that decide the dataset (what a resumed run must match)."""
         d = asdict(self)
         d.pop("workers")
+        if not self.video:  # settings added with video datasets: absent from image runs (as before them)
+            d.pop("video")
+            d.pop("video_pix_fmt")
         d["format"] = FORMAT_VERSION
         return d
 

@@ -170,6 +170,7 @@ def _worker_main(conn: Connection, parent_pid: int, image_size: int, camera: str
                 break
             k = msg[1]
             slot = slots.setdefault(k, Slot())
+            steps_taken = slot.env.steps if (msg[0] == "act" and slot.env is not None) else 0
             try:
                 if msg[0] == "reset":
                     _, _, task, start, slot.record = msg
@@ -190,6 +191,7 @@ def _worker_main(conn: Connection, parent_pid: int, image_size: int, camera: str
                     env, step = slot.env, None
                     for a in actions:  # the chunk runs open-loop here, no round trip per step
                         step = env.step(a)
+                        steps_taken = env.steps
                         if slot.record:
                             slot.frames.append(step.image)
                         if step.success or env.steps >= max_steps:
@@ -207,7 +209,7 @@ def _worker_main(conn: Connection, parent_pid: int, image_size: int, camera: str
                         pass
                     slot.env = None
                 tb = traceback.format_exc(limit=3).strip().splitlines()
-                conn.send(("error", k, f"{type(e).__name__}: {e}", tb[-3:]))
+                conn.send(("error", k, f"{type(e).__name__}: {e}", tb[-3:], steps_taken))
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
@@ -312,9 +314,16 @@ def evaluate(
     per_worker = max(1, min(cfg.envs_per_worker, -(-len(queue) // max(n_start, 1))))  # no idle slots in tiny runs
     ctx = mp.get_context("spawn")  # fork after GL/torch state in the parent is unsafe
     t_start = time.perf_counter()
-    workers = [_Worker(ctx, cfg, render) for _ in range(min(n_workers, len(queue)))]
-    for w in workers:
-        w.wait_ready()
+    workers: list[_Worker] = []
+    try:
+        for _ in range(min(n_workers, len(queue))):
+            workers.append(_Worker(ctx, cfg, render))
+        for w in workers:
+            w.wait_ready()
+    except BaseException:  # one failed to start: stop the others now, not at garbage collection
+        for w in workers:
+            w.close()
+        raise
     slots = [_Slot(i, g) for g in range(per_worker) for i in range(len(workers))]
     groups = [[sl for sl in slots if sl.index == g] for g in range(per_worker)]
     if workers:
@@ -332,10 +341,10 @@ def evaluate(
         job.seconds = round(time.perf_counter() - sl.t0, 3)
         env_steps += steps
         results.append(job)
-        if frames is not None:
-            videos[video_name(job.task, job.episode)] = frames
         if on_episode is not None:
-            on_episode(job, frames)
+            on_episode(job, frames)  # e.g. EvalStore.record writes the clip now: no need to hold it
+        elif frames is not None:
+            videos[video_name(job.task, job.episode)] = frames
         sl.job, sl.obs = None, None
         bar.update(1)
         n_ok = sum(r.success for r in results)
@@ -385,7 +394,7 @@ def evaluate(
         sl = next(x for x in slots if x.worker == i and x.index == msg[1])
         if msg[0] == "error":
             log.warning("episode %s/%d crashed: %s", sl.job.task, sl.job.episode, msg[2])
-            finish(sl, False, 0, msg[2])
+            finish(sl, False, int(msg[4]), msg[2])
             start_next(sl)
             return
         _, _, raw, state, image, done, success, steps, frames = msg
@@ -433,7 +442,8 @@ def evaluate(
                 actions = np.asarray(policy.predict(obs), dtype=np.float32)  # (B, T, 4)
                 if actions.ndim != 3 or actions.shape[0] != len(batch) or actions.shape[2] != 4 or actions.shape[1] < 1:
                     raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({len(batch)}, T, 4)")
-                bad = ~np.isfinite(actions).all(axis=(1, 2))  # (B,)
+                k = actions.shape[1] if chunk is None else min(chunk, actions.shape[1])  # actions executed
+                bad = ~np.isfinite(actions[:, :k]).all(axis=(1, 2))  # (B,): only what runs must be finite
             except Exception as e:  # the policy failed on this batch: those episodes fail
                 msg = f"policy: {type(e).__name__}: {e}"
                 log.warning("%s", msg)
@@ -449,7 +459,6 @@ def evaluate(
                     finish(sl, False, sl.obs[3], "policy returned non-finite actions")
                     start_next(sl)
                     continue
-                k = a.shape[0] if chunk is None else min(chunk, a.shape[0])
                 send(sl.worker, ("act", sl.index, a[:k], cfg.max_steps))
                 sl.obs = None
     finally:
@@ -630,6 +639,8 @@ class EvalStore:
         self.journal_path = self.progress / "episodes.jsonl"
         self.done = self._read_journal()
         self._journal = open(self.journal_path, "a")
+        if self._journal.tell() and not self.journal_path.read_bytes().endswith(b"\n"):
+            self._journal.write("\n")  # end a line torn by the interruption, so the next entry stands alone
 
     def _video_path(self, task: str, episode: int) -> Path:
         return self.progress / "videos" / f"{video_name(task, episode)}.{self.cfg.video_format}"
@@ -671,7 +682,7 @@ class EvalStore:
         from vlatrim.utils.io import write_json_atomic
 
         self.close()
-        clips = sorted((self.progress / "videos").iterdir())
+        clips = sorted(p for p in (self.progress / "videos").iterdir() if not p.name.startswith("."))  # no temp files
         if clips:
             (self.out / "videos").mkdir(exist_ok=True)
             for clip in clips:
@@ -708,7 +719,9 @@ def run_eval(policy: Policy, cfg: EvalConfig, out: str | os.PathLike, policy_nam
         progress: show a tqdm bar.
 
     Returns:
-        The result (identical, but for ``timing``, to an uninterrupted run's) and ``eval.json``'s path.
+        The result (identical to an uninterrupted run's but for ``timing`` and the worker settings
+        ``workers``, ``envs_per_worker`` and ``workers_used``, which a resume may change) and
+        ``eval.json``'s path.
     """
     out = Path(out)
     created = not out.exists()

@@ -41,6 +41,7 @@ checkpoint was taken.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -286,7 +287,8 @@ class Trainer:
             if not self.fsdp:
                 if state.get("optimizer_keys") == "name":  # written by an FSDP run
                     optim_state = optimizer_state_by_index(optim_state, optimizer, model)
-                optimizer.load_state_dict(optim_state)
+                with _kernel_flags_kept(optimizer):
+                    optimizer.load_state_dict(optim_state)
             elif acc.is_main_process and state.get("optimizer_keys", "index") == "index":
                 optim_state = optimizer_state_by_name(optim_state, optimizer, model)
             scheduler.load_state_dict(state["scheduler"])
@@ -304,7 +306,8 @@ class Trainer:
                             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         if state is not None and self.fsdp:
-            load_full_optimizer_state(model, optimizer, optim_state if acc.is_main_process else {})
+            with _kernel_flags_kept(optimizer):
+                load_full_optimizer_state(model, optimizer, optim_state if acc.is_main_process else {})
         log_path = self.run_dir / LOG_FILE
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,7 +371,8 @@ class Trainer:
             bar.close()
         elapsed = time.perf_counter() - t0 - ckpt_time
         if not self.fsdp:
-            self.model = acc.unwrap_model(model)
+            # Without the autocast wrapper Accelerate puts on forward: the trained model computes in fp32.
+            self.model = acc.unwrap_model(model, keep_fp32_wrapper=False)
         else:  # the sharded module needs every process for a forward pass: hand back a plain one
             plain = self._final[1] if self._final and self._final[0] == step else self._gather_plain(model)
             self.model = plain if acc.is_main_process else acc.unwrap_model(model)
@@ -393,6 +397,17 @@ def meta_copy(model: nn.Module) -> nn.Module:
     memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
             for p in model.parameters()}
     return copy.deepcopy(model, memo)
+
+
+@contextlib.contextmanager
+def _kernel_flags_kept(optimizer: Any):
+    """Loading an optimizer state copies the saved param-group flags; keep this run's kernel choice
+    (fused / foreach: how the update is computed, not what it computes)."""
+    opt = _torch_optimizer(optimizer)
+    flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
+    yield
+    for g, f in zip(opt.param_groups, flags):
+        g.update(f)
 
 
 def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
