@@ -27,7 +27,7 @@ from vlatrim.train.data import ChunkDataset, DemoFrames, split_episodes
 from vlatrim.train.evaluate import offline_action_error
 from vlatrim.train.presets import TRAIN_PRESETS
 from vlatrim.train.trainer import Trainer
-from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
+from vlatrim.utils.io import read_json, write_json_atomic
 from vlatrim.utils.seeding import seed_everything
 
 RUN_CONFIG = "run_config.json"
@@ -125,13 +125,8 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
     model.set_normalization(frames.stats(train_eps))
     train_set = ChunkDataset(frames, train_eps, model_cfg.chunk_size, model.tokenize)
     trainer = Trainer(model, train_set, trainer_cfg, out)
-    # Only now, once every process has checked --out and built the model (a dataset, config or backbone
-    # that fails leaves no run directory behind), does the main process write into it.
-    trainer.accelerator.wait_for_everyone()
-    if not resume and trainer.accelerator.is_main_process:
-        ensure_empty_dir(out)
-        write_json_atomic(out / RUN_CONFIG, settings)
-    trainer.accelerator.wait_for_everyone()
+    if not resume:  # only now: a dataset, config or backbone that fails leaves no run directory behind
+        trainer.create_run_dir(RUN_CONFIG, settings)
     t0 = time.perf_counter()
     result = trainer.fit(resume=resume)
     wall = time.perf_counter() - t0

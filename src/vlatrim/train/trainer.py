@@ -62,7 +62,7 @@ from vlatrim.models.checkpoint import load_weights, write_checkpoint
 from vlatrim.train.config import TrainerConfig
 from vlatrim.train.data import ResumableBatchSampler, collate_batch
 from vlatrim.utils.hardware import cpu_has_native_bf16
-from vlatrim.utils.io import atomic_dir, read_json
+from vlatrim.utils.io import atomic_dir, ensure_empty_dir, read_json, write_json_atomic
 
 LossFn = Callable[[nn.Module, dict[str, Any]], dict[str, Any]]
 CHECKPOINTS_DIR = "checkpoints"
@@ -169,6 +169,18 @@ class Trainer:
             self.accelerator.state.fsdp_plugin.cpu_ram_efficient_loading = False
         self._template: nn.Module | None = None  # FSDP: parameter-less copy of the model, main process only
         self._final: tuple[int, nn.Module | None] | None = None  # FSDP: (step, plain model) of the last step
+
+    def create_run_dir(self, settings_file: str, settings: dict[str, Any]) -> None:
+        """Start a fresh run directory: ``run_dir`` emptied and ``settings`` written to ``settings_file``.
+
+        Collective: every process calls it once it has checked its inputs and built its model (so a
+        failure there leaves no run directory behind); only the main process writes, between barriers.
+        """
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            ensure_empty_dir(self.run_dir)
+            write_json_atomic(self.run_dir / settings_file, settings)
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ checkpoints
     @property

@@ -33,7 +33,7 @@ from vlatrim.train.recovery.base import RECOVERY_METHODS, load_trainable, save_t
 from vlatrim.train.recovery.config import RecoverySettings
 from vlatrim.train.trainer import Trainer
 from vlatrim.utils.hashing import dir_sha256
-from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
+from vlatrim.utils.io import read_json, write_json_atomic
 from vlatrim.utils.seeding import seed_everything
 
 RUN_CONFIG = "run_config.json"
@@ -181,12 +181,8 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
         raise VlatrimError(f"method {settings.method!r} left no parameter to train")
     loop = Trainer(trained, train_set, trainer, out, loss_fn=method.loss, save_model=save_trainable,
                    load_model=load_trainable)  # checks batch vs processes before anything is written
-    # Every process has checked --out above; only then does the main process write into it.
-    loop.accelerator.wait_for_everyone()
-    if not resume and loop.accelerator.is_main_process:
-        ensure_empty_dir(out)
-        write_json_atomic(out / RUN_CONFIG, wanted)
-    loop.accelerator.wait_for_everyone()
+    if not resume:  # every process has checked --out above; only then is it written
+        loop.create_run_dir(RUN_CONFIG, wanted)
 
     t0 = time.perf_counter()
     result = loop.fit(resume=resume)
