@@ -287,3 +287,26 @@ def test_two_process_run_follows_the_one_process_loss_curve(dirs, tmp_path, meth
     # gradients differ by the same reweighting. 1% bounds it over these 8 steps.
     np.testing.assert_allclose(two_, one, rtol=1e-2)
     assert two_rep["held_out"]["l1"] == pytest.approx(one_rep["held_out"]["l1"], rel=1e-2)
+
+
+@pytest.mark.integration
+def test_an_error_only_the_main_process_sees_ends_every_process(dirs, tmp_path):
+    import socket
+
+    # --out is a file: only the main process creates the run directory, so only it sees the error. The
+    # other process must report the same error, not die at the next barrier with gloo's "Connection
+    # closed by peer" traceback once the main process has exited.
+    (out := tmp_path / "out").write_text("not a directory")
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(port), "-m", "vlatrim", "recover", "--model", str(dirs["pruned"]),
+                          "--data", str(dirs["data"]), "--out", str(out), "--steps", "2", "--batch-size", "8",
+                          "--device", "cpu"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    lines = [x for x in run.stderr.splitlines() if x.startswith("vlatrim: ")]
+    assert len(lines) == 2 and all(str(out) in x for x in lines), run.stderr[-3000:]  # one line per process
+    assert sum(x.startswith("vlatrim: the main process failed: ") for x in lines) == 1
+    assert out.read_text() == "not a directory"

@@ -176,11 +176,38 @@ class Trainer:
         Collective: every process calls it once it has checked its inputs and built its model (so a
         failure there leaves no run directory behind); only the main process writes, between barriers.
         """
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        def write() -> None:
             ensure_empty_dir(self.run_dir)
             write_json_atomic(self.run_dir / settings_file, settings)
+
         self.accelerator.wait_for_everyone()
+        self._on_main_process(write)
+        self.accelerator.wait_for_everyone()
+
+    def _on_main_process(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the main process only; if it fails, every process fails with its message.
+
+        Without this, an error only the main process sees (``--out`` is a file, the disk is full)
+        reaches the other processes as a collective torn down under them (gloo: "Connection closed
+        by peer"), or as a wait until the collective's timeout where nothing tears it down.
+        """
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            work()
+            return
+        from accelerate.utils import broadcast_object_list
+
+        failure: list[Any] = [None]
+        if acc.is_main_process:
+            try:
+                work()
+            except Exception as exc:  # shared below, then raised on every process
+                failure = [str(exc) if isinstance(exc, VlatrimError) else f"{type(exc).__name__}: {exc}"]
+                broadcast_object_list(failure)
+                raise
+        broadcast_object_list(failure)
+        if failure[0] is not None:
+            raise VlatrimError(f"the main process failed: {failure[0]}")
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -204,7 +231,8 @@ class Trainer:
             keys = "name"
         else:
             plain, optim_state, keys = acc.unwrap_model(model), None, "index"
-        if acc.is_main_process:
+
+        def write() -> None:
             state = {"optimizer": optimizer.state_dict() if optim_state is None else optim_state,
                      "optimizer_keys": keys, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
             if torch.cuda.is_available():
@@ -217,6 +245,8 @@ class Trainer:
                     indent=2) + "\n")
             for old in self.checkpoints()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+
+        self._on_main_process(write)  # a full disk on the main process stops every process
         if self.fsdp and final:  # on every process: the loop's end then skips a second gather (a collective)
             self._final = (step, plain)
         acc.wait_for_everyone()
