@@ -78,6 +78,7 @@ def main() -> None:
     train_s = None if args.run else timed(train_cmd)
     eval_s = timed(eval_cmd)
     train = read_json(run / "train.json", what="training summary")
+    generation = read_json(data / "meta" / "vlatrim_generation.json", what="generation record")
     ev = read_json(work / "eval" / "eval.json", what="evaluation")
     result = {
         "benchmark": f"{args.preset} preset end to end (vlatrim data metaworld -> train --preset {args.preset} -> eval)",
@@ -92,6 +93,7 @@ def main() -> None:
         "eval_seconds": round(eval_s, 1),
         "train_target_seconds": 600 if args.preset == "quick" else None, "success_target": 0.6,
         "mean_success": ev["overall"]["mean_success"],
+        "data_generation": {k: generation.get(k) for k in ("episodes", "frames", "failed", "rollout_seconds", "frames_per_second", "per_task")},
         "train": train, "eval": ev,
     }
     write_json_atomic(out, result)
