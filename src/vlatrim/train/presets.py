@@ -65,9 +65,9 @@ def _quick() -> Preset:
 
 @TRAIN_PRESETS.register("mt10")
 def _mt10() -> Preset:
-    # All ten MT10 tasks x 50 demos, sized to train on the 2-core CPU in about an hour (the quick
-    # preset's 9-token encoder, ~10x its steps); on a GPU the same run takes minutes. 16 text tokens
-    # hold the longest MT10 instruction (peg-insert-side: 13). What it reached: docs/training.md.
+    # All ten MT10 tasks x 50 demos, sized for the 2-core CPU (91 min measured in bf16): the quick
+    # preset's 9-token encoder, ~10x its steps. 16 text tokens hold the longest MT10 instruction
+    # (peg-insert-side: 13). What it reached (below the 0.60 target): docs/training.md.
     return Preset(
         backbone="minilm",
         model=dict(chunk_size=4, conv_channels=(32, 64, 96, 128, 128), max_text_tokens=16),
