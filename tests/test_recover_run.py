@@ -257,22 +257,26 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_run(dirs, tmp_
 
 
 # ------------------------------------------------------------------ data parallel: 2 processes (gloo) vs 1
-@pytest.mark.integration
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_two_process_run_follows_the_one_process_loss_curve(dirs, tmp_path, method):
+def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """`vlatrim ARGS` in 2 CPU processes under torchrun: Accelerate sees RANK / WORLD_SIZE and runs DDP
+    over gloo."""
     import socket
 
-    args = ["recover", "--model", str(dirs["pruned"]), "--data", str(dirs["data"]), "--method", method,
-            "--steps", "8", "--batch-size", "8", "--log-every", "1", "--seed", "3", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with socket.socket() as s:  # a free rendezvous port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # torchrun sets RANK / WORLD_SIZE; Accelerate sees them and runs DDP over gloo on the CPU. The global
-    # batch (8) is split 4 + 4 over the two processes.
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(port), "-m", "vlatrim", *args, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), "-m", "vlatrim", *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_two_process_run_follows_the_one_process_loss_curve(dirs, tmp_path, method):
+    args = ["recover", "--model", str(dirs["pruned"]), "--data", str(dirs["data"]), "--method", method,
+            "--steps", "8", "--batch-size", "8", "--log-every", "1", "--seed", "3", "--device", "cpu"]
+    two = _torchrun([*args, "--out", str(tmp_path / "two")], timeout=300)  # the global batch (8) split 4 + 4
     assert two.returncode == 0, two.stderr[-3000:]
     assert cli([*args, "--out", str(tmp_path / "one")]) == 0
     one_rep, two_rep = (json.loads((tmp_path / d / "recover.json").read_text()) for d in ("one", "two"))
@@ -291,20 +295,12 @@ def test_two_process_run_follows_the_one_process_loss_curve(dirs, tmp_path, meth
 
 @pytest.mark.integration
 def test_an_error_only_the_main_process_sees_ends_every_process(dirs, tmp_path):
-    import socket
-
     # --out is a file: only the main process creates the run directory, so only it sees the error. The
     # other process must report the same error, not die at the next barrier with gloo's "Connection
     # closed by peer" traceback once the main process has exited.
     (out := tmp_path / "out").write_text("not a directory")
-    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(port), "-m", "vlatrim", "recover", "--model", str(dirs["pruned"]),
-                          "--data", str(dirs["data"]), "--out", str(out), "--steps", "2", "--batch-size", "8",
-                          "--device", "cpu"], env=env, capture_output=True, text=True, timeout=120)
+    run = _torchrun(["recover", "--model", str(dirs["pruned"]), "--data", str(dirs["data"]), "--out", str(out),
+                     "--steps", "2", "--batch-size", "8", "--device", "cpu"], timeout=120)
     assert run.returncode != 0
     lines = [x for x in run.stderr.splitlines() if x.startswith("vlatrim: ")]
     assert len(lines) == 2 and all(str(out) in x for x in lines), run.stderr[-3000:]  # one line per process
