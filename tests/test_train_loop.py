@@ -72,6 +72,42 @@ def test_split_holds_out_the_last_episodes_of_each_task():
     assert split_episodes(frames, 0.0) == (list(range(10)), [])
 
 
+def test_image_swap_pairs_same_step_of_another_episode_of_the_task():
+    from vlatrim.train.evaluate import swap_partners
+
+    f = synthetic_frames(n_ep=6, length=10)  # tasks alternate: 0, 2, 4 are task 0; 1, 3, 5 task 1
+    m = ~((f.episode_index == 4) & (f.frame_index >= 5))  # episode 4 ends after 5 steps
+    frames = DemoFrames(images=f.images[m], states=f.states[m], actions=f.actions[m], episode_index=f.episode_index[m],
+                        frame_index=f.frame_index[m], task_index=f.task_index[m], instructions=f.instructions)
+    ds = ChunkDataset(frames, [2, 3, 4], T,
+                      lambda s: (torch.zeros(len(s), 2, dtype=torch.long), torch.ones(len(s), 2, dtype=torch.long)))
+    keep, other, n_tasks = swap_partners(ds)
+    # Task 0 has held-out episodes 2 and 4 (a cycle of two); task 1 only episode 3, which has no partner.
+    assert n_tasks == 1 and keep.tolist() == list(range(0, 10)) + list(range(20, 25))
+    # Episode 2 (rows 20-29) <-> episode 4 (rows 40-44), same step; past episode 4's end, its last frame.
+    assert other.tolist() == [40, 41, 42, 43, 44, 44, 44, 44, 44, 44] + [20, 21, 22, 23, 24]
+
+
+def test_image_swap_error_tells_a_model_that_ignores_its_camera():
+    from vlatrim.train.evaluate import image_swap_error, offline_action_error
+
+    frames = synthetic_frames(n_ep=8, length=10)
+    val = [4, 5, 6, 7]  # two held-out episodes per task
+    vla = tiny_vla(frames).eval()
+    ds = ChunkDataset(frames, val, T, vla.tokenize)
+    seen = image_swap_error(vla, ds)
+    assert seen["samples"] == 40 and seen["tasks"] == 2
+    assert seen["l1"] == pytest.approx(offline_action_error(vla, ds)["l1"], abs=1e-6)
+    assert seen["action_change"] > 1e-5  # untrained, the image moves the prediction only a little (2e-4)
+    # Zero the projector's input weights: every image gives the same tokens, so the prediction
+    # cannot change and the error stays the same, exactly.
+    with torch.no_grad():
+        vla.projector[0].weight.zero_()
+    blind = image_swap_error(vla, ds)
+    assert blind["action_change"] == 0.0 and blind["l1_other_image"] == blind["l1"]
+    assert image_swap_error(vla, ChunkDataset(frames, [6, 7], T, vla.tokenize)) is None  # one episode per task
+
+
 def test_loss_decreases_when_overfitting_a_few_batches(tmp_path):
     frames = synthetic_frames(n_ep=1, length=8)
     vla = tiny_vla(frames, "tiny-llama")  # no dropout: the memorisation curve is smooth
@@ -246,6 +282,7 @@ def test_train_run_directory_is_a_loadable_policy(tmp_path, dataset_dir):
     held = json.loads((out / "train.json").read_text())["held_out"]
     assert len(held["l1_per_dim"]) == 4 and len(held["l1_per_step"]) == 4 and held["episodes"] == [4, 5]
     assert held["samples"] == 20
+    assert held["image_swap"] is None  # one held-out episode per task: no other scene to swap in
     # Normalization comes from the training episodes only.
     vla = ReferenceVLA.from_pretrained(out)
     train_stats = synthetic_frames(n_ep=6, length=10).stats([0, 1, 2, 3])

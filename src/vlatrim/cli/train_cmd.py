@@ -18,7 +18,8 @@ class TrainCommand:
     out: str
     """Run directory: new (or empty), or an interrupted run's with --resume."""
     preset: str = "default"
-    """Starting settings: default, quick (CPU, minutes on 2 cores), mt10 (GPU), tiny (smoke test)."""
+    """Starting settings: default, quick (CPU, minutes on 2 cores), mt10 (all ten MT10 tasks; ~90 min on
+    2 CPU cores), tiny (smoke test)."""
     backbone: Optional[str] = None
     """Language backbone: minilm (pretrained all-MiniLM-L6-v2), a preset (tiny-bert, tiny-llama, tiny-qwen2,
     llama-24, qwen2-24), a transformers config .json, or a local from_pretrained directory. Default: the preset's."""
@@ -50,5 +51,8 @@ class TrainCommand:
         if summary:
             held = summary.get("held_out")
             err = f", held-out action L1 {held['l1']:.4f}" if held else ""
+            swap = held.get("image_swap") if held else None
+            if swap:
+                err += f" ({swap['l1_other_image']:.4f} with another episode's image)"
             print(f"trained {summary['steps']} steps ({summary['steps_per_s']:.2f} steps/s on {summary['device']})"
                   f"{err}; model in {self.out}")

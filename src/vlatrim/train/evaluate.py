@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from vlatrim.train.data import ChunkDataset
@@ -49,3 +50,70 @@ def offline_action_error(model, dataset: ChunkDataset, batch_size: int = 256,
         "samples": len(dataset), "episodes": list(dataset.episodes),
         "units": "environment action units",
     }
+
+
+@torch.no_grad()
+def image_swap_error(model, dataset: ChunkDataset, batch_size: int = 256,
+                     device: str | torch.device | None = None) -> dict[str, Any] | None:
+    """How much the model's actions depend on its camera: the held-out error with another scene's image.
+
+    Each held-out sample is predicted twice: with its own image, and with the image at the same step
+    of the next held-out episode of the same task (another start: other object and goal positions),
+    keeping the state and the instruction. A policy that reads the scene gets worse with the wrong
+    image; one that ignores the camera predicts the same chunk (``action_change`` ~ 0) and keeps its
+    error. Tasks with fewer than two held-out episodes are left out.
+
+    Returns:
+        ``{"l1", "l1_other_image", "action_change", "samples", "tasks"}`` (L1 in environment action
+        units over the valid chunk steps; ``action_change`` is the mean absolute difference between the
+        two predictions), or None when no task has two held-out episodes.
+    """
+    device = device or next(model.parameters()).device
+    keep, other_rows, n_tasks = swap_partners(dataset)
+    if not len(keep):
+        return None
+    own_sum = other_sum = change_sum = 0.0
+    n_valid = 0.0
+    for b0 in range(0, len(keep), batch_size):
+        batch = dataset.__getitems__(keep[b0:b0 + batch_size].tolist())
+        batch = {k: v.to(device) for k, v in batch.items()}
+        own = model.predict_from_batch(batch)  # (B, T, A) on the CPU
+        other_img = dataset.images[torch.as_tensor(other_rows[b0:b0 + batch_size])].to(device)
+        other = model.predict_from_batch(dict(batch, image=other_img))
+        m = batch["action_mask"].float().unsqueeze(-1).cpu()  # (B, T, 1)
+        target = batch["action"].cpu()
+        own_sum += float(((own - target).abs() * m).sum())
+        other_sum += float(((other - target).abs() * m).sum())
+        change_sum += float(((own - other).abs() * m).sum())
+        n_valid += float(m.sum()) * own.shape[-1]
+    return {"l1": own_sum / n_valid, "l1_other_image": other_sum / n_valid, "action_change": change_sum / n_valid,
+            "samples": int(len(keep)), "tasks": n_tasks}
+
+
+def swap_partners(dataset: ChunkDataset) -> tuple[np.ndarray, np.ndarray, int]:
+    """The image each held-out sample is paired with by ``image_swap_error``.
+
+    Within each task the held-out episodes form a cycle (in index order); a sample at step k of an
+    episode is paired with the frame at step k of the next episode (its last frame if shorter).
+
+    Returns:
+        (sample indices into ``dataset`` that have a partner, the partner's frame row for each, the
+        number of tasks with at least two held-out episodes).
+    """
+    frames = dataset.frames
+    ep = np.asarray(frames.episode_index)
+    start = {e: int(np.searchsorted(ep, e, side="left")) for e in dataset.episodes}
+    length = {e: int(np.searchsorted(ep, e, side="right")) - start[e] for e in dataset.episodes}
+    by_task: dict[int, list[int]] = {}
+    for e in dataset.episodes:
+        by_task.setdefault(int(frames.task_index[start[e]]), []).append(e)
+    partner = {e: eps[(k + 1) % len(eps)] for eps in by_task.values() if len(eps) > 1 for k, e in enumerate(eps)}
+    keep, other = [], []
+    for i, r in enumerate(dataset.rows.tolist()):
+        e = int(ep[r])
+        if e in partner:
+            p = partner[e]
+            keep.append(i)
+            other.append(start[p] + min(r - start[e], length[p] - 1))
+    n_tasks = sum(1 for eps in by_task.values() if len(eps) > 1)
+    return np.asarray(keep, dtype=np.int64), np.asarray(other, dtype=np.int64), n_tasks

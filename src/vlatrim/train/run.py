@@ -24,7 +24,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.models.reference import ReferenceVLA, VLAConfig
 from vlatrim.train.config import TrainerConfig
 from vlatrim.train.data import ChunkDataset, DemoFrames, split_episodes
-from vlatrim.train.evaluate import offline_action_error
+from vlatrim.train.evaluate import image_swap_error, offline_action_error
 from vlatrim.train.presets import TRAIN_PRESETS
 from vlatrim.train.trainer import Trainer
 from vlatrim.utils.io import read_json, write_json_atomic
@@ -151,6 +151,7 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
     if val_eps:
         val_set = ChunkDataset(frames, val_eps, model_cfg.chunk_size, model.tokenize)
         summary["held_out"] = offline_action_error(model, val_set)
+        summary["held_out"]["image_swap"] = image_swap_error(model, val_set)
     model.save_pretrained(out)
     write_json_atomic(out / SUMMARY, summary)
     return summary
