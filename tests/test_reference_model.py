@@ -143,6 +143,25 @@ def test_vit_encoder_forward_and_round_trip(tmp_path):
     torch.testing.assert_close(back(batch)["raw"], vla(batch)["raw"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_without_the_state_token_the_state_is_not_an_input(tmp_path, backbone):
+    vla = make_vla(backbone, use_state=False)
+    assert vla.state_proj is None and not any("state_proj" in k for k in vla.state_dict())
+    batch = make_batch(vla)
+    raw = vla(batch)["raw"]
+    moved = vla(dict(batch, state=batch["state"] + 5.0))["raw"]
+    torch.testing.assert_close(moved, raw, rtol=0, atol=0)
+    seq = vla.encode(batch["image"], batch["state"], batch["input_ids"], batch["attention_mask"],
+                     output_hidden_states=True)[1].hidden_states[0].shape[1]
+    assert seq == vla.config.num_image_tokens + 8 + T  # image + text + queries, no state token
+    with_state = make_vla(backbone)
+    assert with_state(dict(batch, state=batch["state"] + 5.0))["raw"].sub(with_state(batch)["raw"]).abs().max() > 1e-4
+    vla.save_pretrained(tmp_path / "ns")
+    back = ReferenceVLA.from_pretrained(tmp_path / "ns")
+    assert back.config.use_state is False and back.state_proj is None
+    torch.testing.assert_close(back(batch)["raw"], raw, rtol=0, atol=0)
+
+
 def test_minilm_backbone_is_the_pretrained_one():
     bb = load_backbone("minilm")
     assert type(bb.model).__name__ == "BertModel"
@@ -196,6 +215,7 @@ def test_bad_backbone_specs_fail_in_one_line(tmp_path, spec, match):
     (dict(image_size=40), "not divisible by the conv encoder's stride 16"),
     (dict(vision_encoder="vit", image_size=36, vit_patch_size=8), "not divisible by vit_patch_size"),
     (dict(chunk_size=0), "chunk_size=0 must be a positive integer"),
+    (dict(use_state="no"), "use_state='no' must be true or false"),
 ])
 def test_bad_vla_config(kwargs, match):
     with pytest.raises(VlatrimError, match=match):

@@ -40,6 +40,10 @@ class VLAConfig:
     """ViT attention heads (must divide ``vit_dim``)."""
     state_dim: int = 4
     """Proprioceptive state size (Meta-World: hand xyz + gripper); enters the sequence as one token."""
+    use_state: bool = True
+    """Give the policy the state token. False: image and instruction only, as OpenVLA. With the state,
+    behaviour cloning can fit the demonstrations from the hand position alone and leave the camera
+    unused (the "copycat" shortcut; docs/training.md measures it on Meta-World)."""
     action_dim: int = 4
     """Action size (Meta-World: xyz delta + gripper)."""
     chunk_size: int = 4
@@ -73,6 +77,8 @@ class VLAConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise VlatrimError(f"VLA config {name}={value!r} must be a positive integer")
+        if not isinstance(self.use_state, bool):
+            raise VlatrimError(f"VLA config use_state={self.use_state!r} must be true or false")
         if self.n_bins < 2:
             raise VlatrimError(f"VLA config n_bins={self.n_bins!r} must be >= 2")
         if self.max_text_tokens < 2:

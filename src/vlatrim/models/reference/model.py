@@ -57,7 +57,8 @@ class ReferenceVLA(nn.Module):
         self.vision = encoder_cls(config)
         # Two-layer MLP projector, as in LLaVA-1.5 / OpenVLA, from vision width to backbone width.
         self.projector = nn.Sequential(nn.Linear(encoder_cls.out_dim(config), d), nn.GELU(), nn.Linear(d, d))
-        self.state_proj = nn.Linear(config.state_dim, d)
+        # No state token with use_state=False: nothing to train, nothing in the checkpoint.
+        self.state_proj = nn.Linear(config.state_dim, d) if config.use_state else None
         self.action_queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)  # (T, D)
         self.head = ACTION_HEADS.get(config.action_head)(config, d)
         self.state_normalizer = Normalizer(config.state_dim, config.normalization)
@@ -160,13 +161,16 @@ class ReferenceVLA(nn.Module):
         self._check_images(images)
         x = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
         img = self.projector(self.vision(x))  # (B, N, D)
-        st = self.state_proj(self.state_normalizer.normalize(states.float())).unsqueeze(1)  # (B, 1, D)
         txt = self.backbone.get_input_embeddings()(input_ids)  # (B, L, D)
         B = img.shape[0]
         q = self.action_queries.unsqueeze(0).expand(B, -1, -1)  # (B, T, D)
-        embeds = torch.cat([img, st, txt.to(img.dtype), q], dim=1)  # (B, N+1+L+T, D)
+        parts = [img]
+        if self.state_proj is not None:
+            parts.append(self.state_proj(self.state_normalizer.normalize(states.float())).unsqueeze(1))  # (B, 1, D)
+        prefix = torch.cat(parts, dim=1)  # (B, N[+1], D)
+        embeds = torch.cat([prefix, txt.to(img.dtype), q], dim=1)  # (B, N[+1]+L+T, D)
         ones = attention_mask.new_ones
-        mask = torch.cat([ones(B, img.shape[1] + 1), attention_mask, ones(B, q.shape[1])], dim=1)
+        mask = torch.cat([ones(B, prefix.shape[1]), attention_mask, ones(B, q.shape[1])], dim=1)
         out = self.backbone(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=output_hidden_states)
         T = self.config.chunk_size
         return out.last_hidden_state[:, -T:], out  # (B, T, D)
