@@ -38,6 +38,9 @@ class TrainCommand:
     Default: the preset's (quick: bf16 where the CPU has it)."""
     checkpoint_every: Optional[int] = None
     """Steps between resumable checkpoints. Default: the preset's."""
+    state: Optional[bool] = None
+    """Give the policy the proprioceptive state token (False: image and instruction only, as OpenVLA;
+    docs/training.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
     resume: bool = False
     """Continue the run in --out from its newest checkpoint (flags given must match the run's)."""
 
@@ -47,7 +50,8 @@ class TrainCommand:
         summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume,
                                   backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                                   seed=self.seed, device=self.device,
-                                  mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every)
+                                  mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every,
+                                  use_state=self.state)
         if summary:
             held = summary.get("held_out")
             err = f", held-out action L1 {held['l1']:.4f}" if held else ""

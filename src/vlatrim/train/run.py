@@ -39,8 +39,9 @@ def resolve_run_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]
 
     Args:
         preset: a name in ``TRAIN_PRESETS``.
-        overrides: ``backbone`` and any ``TrainerConfig`` field (``steps``, ``batch_size``, ``lr``,
-            ``seed``, ``device``, ...); None values mean "the preset's".
+        overrides: ``backbone``, ``use_state`` (the ``VLAConfig`` field) and any ``TrainerConfig``
+            field (``steps``, ``batch_size``, ``lr``, ``seed``, ``device``, ...); None values mean
+            "the preset's".
 
     Returns:
         ``{"preset", "backbone", "model", "trainer", "val_fraction", "train_word_embeddings"}`` (validated).
@@ -50,8 +51,10 @@ def resolve_run_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]
     backbone = overrides.pop("backbone", p.backbone)
     val_fraction = overrides.pop("val_fraction", p.val_fraction)
     train_word_embeddings = overrides.pop("train_word_embeddings", p.train_word_embeddings)
-    trainer = TrainerConfig.from_dict({**p.trainer, **overrides})
     model = dict(p.model)
+    if "use_state" in overrides:
+        model["use_state"] = overrides.pop("use_state")
+    trainer = TrainerConfig.from_dict({**p.trainer, **overrides})
     if "image_size" in model:
         raise VlatrimError(f"preset {preset!r} sets image_size; it must come from the dataset")
     VLAConfig.from_dict(model)  # validate the architecture before any data is read
@@ -70,9 +73,14 @@ def _check_resume(saved: dict[str, Any], wanted: dict[str, Any], explicit: dict[
     for key, value in explicit.items():
         if key == "preset" or value is None:
             continue
-        have = saved["backbone"] if key == "backbone" else saved["trainer"].get(key)
+        if key == "backbone":
+            have, flag = saved["backbone"], "--backbone"
+        elif key == "use_state":
+            have, flag = saved["model"].get("use_state", True), "--state"
+        else:
+            have, flag = saved["trainer"].get(key), f"--{key.replace('_', '-')}"
         if have != value:
-            raise VlatrimError(f"cannot resume: --{key.replace('_', '-')} {value!r} differs from the run's {have!r}; "
+            raise VlatrimError(f"cannot resume: {flag} {value!r} differs from the run's {have!r}; "
                                "drop the flag or start a new --out")
 
 
@@ -87,8 +95,9 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
         preset: starting settings (``TRAIN_PRESETS``).
         resume: continue the run in ``out`` from its newest checkpoint.
         load_frames: dataset reader (default: ``vlatrim.train.data.read_demo_frames``).
-        **overrides: ``backbone`` and ``TrainerConfig`` fields; None means "the preset's" (or, when
-            resuming, "the run's"); an explicit value that differs from a resumed run's is an error.
+        **overrides: ``backbone``, ``use_state`` and ``TrainerConfig`` fields; None means "the
+            preset's" (or, when resuming, "the run's"); an explicit value that differs from a resumed
+            run's is an error.
 
     Returns:
         The ``train.json`` summary.
