@@ -143,6 +143,24 @@ def test_vit_encoder_forward_and_round_trip(tmp_path):
     torch.testing.assert_close(back(batch)["raw"], vla(batch)["raw"], rtol=0, atol=0)
 
 
+def test_conv_encoder_tokens_carry_a_small_object_at_initialisation():
+    # A 4x4 square moved across a fixed random background, through the 96 px / 5-stage encoder of the
+    # quick and mt10 presets. With PyTorch's default conv init the tokens differ by 1.3% (the biases
+    # dominate); the He init gives 19%.
+    from vlatrim.models.reference.vision import ConvEncoder
+
+    cfg = VLAConfig(image_size=96, conv_channels=(32, 64, 96, 128, 128))
+    bg = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    a, b = bg.clone(), bg.clone()
+    a[..., 10:14, 10:14] = 1.0
+    b[..., 82:86, 82:86] = 1.0
+    torch.manual_seed(0)
+    enc = ConvEncoder(cfg)
+    with torch.no_grad():
+        ta, tb = enc(a) - enc.pos, enc(b) - enc.pos
+    assert float((ta - tb).norm() / ta.norm()) > 0.10
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_without_the_state_token_the_state_is_not_an_input(tmp_path, backbone):
     vla = make_vla(backbone, use_state=False)

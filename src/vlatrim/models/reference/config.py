@@ -39,7 +39,8 @@ class VLAConfig:
     vit_heads: int = 4
     """ViT attention heads (must divide ``vit_dim``)."""
     state_dim: int = 4
-    """Proprioceptive state size (Meta-World: hand xyz + gripper); enters the sequence as one token."""
+    """Proprioceptive state size (Meta-World: hand xyz + gripper); enters the sequence as one token
+    (unless ``use_state`` is False)."""
     use_state: bool = True
     """Give the policy the state token. False: image and instruction only, as OpenVLA. With the state,
     behaviour cloning can fit the demonstrations from the hand position alone and leave the camera
