@@ -287,9 +287,10 @@ def test_two_process_run_follows_the_one_process_loss_curve(dirs, tmp_path, meth
     assert len(one) == len(two_) == 8
     # Not bit-equal: the action loss is a mean over the chunk steps inside the episode, so two halves'
     # means averaged (DDP) differ from the mean over the whole batch wherever the halves hold different
-    # numbers of padded steps (measured <= 0.5% at step 1, where the weights are still identical), and
-    # gradients differ by the same reweighting. 1% bounds it over these 8 steps.
-    np.testing.assert_allclose(two_, one, rtol=1e-2)
+    # numbers of padded steps, and gradients differ by the same reweighting. How large depends on how
+    # much the per-sample losses differ: measured <= 0.5% at step 1 (weights still identical) with the
+    # default conv init, 1.3% since the He-init encoder made the policy use its image. 2% bounds it.
+    np.testing.assert_allclose(two_, one, rtol=2e-2)
     assert two_rep["held_out"]["l1"] == pytest.approx(one_rep["held_out"]["l1"], rel=1e-2)
 
 
