@@ -17,23 +17,14 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_preset import MAX_STEPS, timed  # this script's directory is on sys.path
 
 from vlatrim.utils.io import read_json, write_json_atomic
-
-MAX_STEPS = 300  # as bench_preset.py: 1.3x the longest MT10 expert demonstration
-
-
-def timed(cmd: list[str]) -> float:
-    print("$", shlex.join(cmd), flush=True)
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t
 
 
 def main() -> None:
