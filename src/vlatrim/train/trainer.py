@@ -356,6 +356,29 @@ class Trainer:
             _truncate_log(log_path, start)
         return self._loop(model, optimizer, scheduler, loader, start, end, log_path)
 
+    def _with_loss_denominator(self, batches):
+        """Yield the micro-batches, each optimizer step's ``grad_accum`` of them fetched together and given
+        ``loss_denominator``: the global batch's count of chunk steps inside their episodes (summed over the
+        micro-batches and over processes) divided by the number of shares (processes x micro-batches).
+
+        The action loss of each share divides its sum by that, so averaging the shares' gradients (DDP,
+        FSDP, accumulation) gives the gradient of the mean over the whole global batch: a 2-process or
+        accumulated run follows the 1-process full-batch run up to float rounding. A batch without an
+        ``action_mask`` is passed through untouched.
+        """
+        import itertools
+
+        acc, n = self.accelerator, self.config.grad_accum
+        while group := list(itertools.islice(batches, n)):
+            if all(isinstance(b, dict) and "action_mask" in b for b in group):
+                steps = torch.stack([b["action_mask"].sum() for b in group]).sum().float().reshape(1)
+                if acc.num_processes > 1:
+                    steps = acc.reduce(steps, reduction="sum")
+                denominator = steps[0] / (acc.num_processes * len(group))
+                for b in group:
+                    b["loss_denominator"] = denominator
+            yield from group
+
     def _loop(self, model, optimizer, scheduler, loader, start: int, end: int, log_path: Path) -> TrainResult:
         from tqdm.auto import tqdm
 
@@ -368,7 +391,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not acc.is_main_process,
                    dynamic_ncols=True)
         try:
-            for batch in loader:
+            for batch in self._with_loss_denominator(iter(loader)):
                 with acc.accumulate(model):
                     with acc.autocast():
                         losses = self.loss_fn(model, batch)
@@ -526,7 +549,7 @@ def make_accelerator(config: TrainerConfig):
     thing on one process or many.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
@@ -546,7 +569,10 @@ def make_accelerator(config: TrainerConfig):
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(cpu=not use_cuda, mixed_precision=precision,
-                      gradient_accumulation_steps=config.grad_accum,
+                      # The loop fetches each step's micro-batches together (``_with_loss_denominator``):
+                      # the loader's end would be seen a micro-batch early, so sync by count alone.
+                      gradient_accumulation_plugin=GradientAccumulationPlugin(
+                          num_steps=config.grad_accum, sync_with_dataloader=False),
                       dataloader_config=DataLoaderConfiguration(split_batches=True))
     _fsdp_on_cpu(acc, precision)
     return acc

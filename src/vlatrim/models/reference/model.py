@@ -181,7 +181,8 @@ class ReferenceVLA(nn.Module):
         Args:
             batch: ``image`` uint8 (B, H, W, 3), ``state`` (B, S), ``input_ids`` / ``attention_mask``
                 (B, L), ``action`` (B, T, A) in environment units, ``action_mask`` bool (B, T) (True
-                where the chunk step lies inside the episode).
+                where the chunk step lies inside the episode); optional ``loss_denominator`` (0-d): the
+                chunk-step count the loss divides by instead of this batch's own (see ``heads``).
             output_hidden_states: add the backbone's hidden states (for distillation / analysis).
 
         Returns:
@@ -193,7 +194,7 @@ class ReferenceVLA(nn.Module):
                              output_hidden_states=output_hidden_states)
         raw = self.head(h)
         target = self.action_normalizer.normalize(batch["action"].float())  # (B, T, A)
-        result: dict[str, Any] = dict(self.head.loss(raw, target, batch["action_mask"]))
+        result: dict[str, Any] = dict(self.head.loss(raw, target, batch["action_mask"], batch.get("loss_denominator")))
         result["raw"] = raw
         result["target"] = target
         if output_hidden_states:
