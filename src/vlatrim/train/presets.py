@@ -65,12 +65,11 @@ def _quick() -> Preset:
 
 @TRAIN_PRESETS.register("mt10")
 def _mt10() -> Preset:
-    # All ten MT10 tasks x 50 demos, sized for the 2-core CPU (91 min measured in bf16): the quick
+    # All ten MT10 tasks x 50 demos, sized for the 2-core CPU (89 min measured in bf16): the quick
     # preset's 9-token encoder, ~10x its steps. 16 text tokens hold the longest MT10 instruction
     # (peg-insert-side: 13). No state token: with it the policy fitted the demos from the hand
-    # position and ignored the camera (0.43, below the 0.60 target, with the earlier conv init);
-    # without it, 6.5x the successes on reach/push/pick-place in a short run. Not yet run in full
-    # with these settings (docs/training.md).
+    # position and ignored the camera (0.426 with the earlier conv init). Without it the policy reads
+    # its camera and reached 0.446, still below the 0.60 target (docs/training.md).
     return Preset(
         backbone="minilm",
         model=dict(chunk_size=4, conv_channels=(32, 64, 96, 128, 128), max_text_tokens=16, use_state=False),
