@@ -5,6 +5,7 @@ cost 75-118 ms per frame, the cheap ones below ~9 ms:
 - ``model.vis.quality.offsamples = 0`` (no multisampling) set before the renderer is created;
 - shadows and reflections switched off on the scene after *every* ``update_scene`` (it resets them).
 One renderer per environment: each env owns its model, and resets write positions into it.
+Mesa's llvmpipe renders in the calling thread (``LP_NUM_THREADS=0`` unless set): no helper threads.
 
 The OpenGL backend is chosen before MuJoCo is imported (``MUJOCO_GL`` is read at import): a working
 ``MUJOCO_GL`` the user set is kept, otherwise EGL then OSMesa are probed in a subprocess, so a broken
@@ -110,6 +111,12 @@ class OffscreenRenderer:
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)
         self._mujoco = mujoco
+        # Mesa's software rasterizer (llvmpipe) splits each frame over helper threads, one per core by
+        # default; for frames this small the hand-offs cost more than they save, and W worker processes
+        # would start W x cores threads. Measured on the 2-core CPU, drawer-open, 96 px: bare sim + render
+        # 140 vs 125 steps/s in one process; `vlatrim eval` with 2 workers 192 vs 173 (benchmarks/bench_sim.py).
+        # Mesa reads the variable when the process makes its first GL context; a value the user set is kept.
+        os.environ.setdefault("LP_NUM_THREADS", "0")
         self._renderer = mujoco.Renderer(model, height=height, width=width)
         self.camera, self.rotate180 = camera, rotate180
 
