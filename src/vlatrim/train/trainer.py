@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -366,8 +367,6 @@ class Trainer:
         accumulated run follows the 1-process full-batch run up to float rounding. A batch without an
         ``action_mask`` is passed through untouched.
         """
-        import itertools
-
         acc, n = self.accelerator, self.config.grad_accum
         while group := list(itertools.islice(batches, n)):
             if all(isinstance(b, dict) and "action_mask" in b for b in group):
