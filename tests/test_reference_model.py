@@ -161,6 +161,52 @@ def test_conv_encoder_tokens_carry_a_small_object_at_initialisation():
     assert float((ta - tb).norm() / ta.norm()) > 0.10
 
 
+def test_keypoint_coords_are_the_expected_position_of_each_map():
+    from vlatrim.models.reference.vision import keypoint_coords
+
+    logits = torch.zeros(2, 3, 5, 7)
+    logits[0, 0, 0, 0] = 50.0  # top-left cell
+    logits[0, 1, 4, 6] = 50.0  # bottom-right cell
+    logits[0, 2, 1, 5] = 50.0  # row 1 of 5, column 5 of 7
+    logits[1, 0, 2, 2] = logits[1, 0, 2, 4] = 50.0  # two equal peaks: their midpoint
+    xy = keypoint_coords(logits)
+    assert xy.shape == (2, 3, 2) and xy.dtype == torch.float32
+    want = torch.tensor([[[-1.0, -1.0], [1.0, 1.0], [2 * 5 / 6 - 1, 2 * 1 / 4 - 1]], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    torch.testing.assert_close(xy, want, rtol=0, atol=1e-6)  # peaks of 50 leave ~e-50 elsewhere; uniform maps: centre
+
+
+def test_keypoint_token_follows_a_small_object_and_round_trips(tmp_path):
+    vla = make_vla(conv_keypoints=4, conv_keypoint_stage=2)
+    assert vla.config.num_image_tokens == 2 * 2 + 1
+    enc = vla.vision
+    with torch.no_grad():  # one keypoint map that is the stage-2 feature of a bright spot: it follows the spot
+        enc.keypoints.conv.weight.zero_()
+        enc.keypoints.conv.bias.zero_()
+    img = torch.zeros(1, 3, IMG, IMG)
+    moved = img.clone()
+    img[..., 4:8, 4:8] = 1.0
+    moved[..., 24:28, 24:28] = 1.0
+    mid = enc.net[:4]
+    with torch.no_grad():
+        ch = int((mid(img) - mid(torch.zeros_like(img))).abs().amax(dim=(0, 2, 3)).argmax())
+        enc.keypoints.conv.weight[0, ch] = 20.0
+        from vlatrim.models.reference.vision import keypoint_coords
+        xy_a = keypoint_coords(enc.keypoints.conv(mid(img)))[0, 0]
+        xy_b = keypoint_coords(enc.keypoints.conv(mid(moved)))[0, 0]
+        tok_a, tok_b = enc(img)[:, -1], enc(moved)[:, -1]
+    assert float(xy_a[0]) < -0.3 and float(xy_a[1]) < -0.3  # the spot's quadrant: top left
+    assert float(xy_b[0]) > 0.3 and float(xy_b[1]) > 0.3  # then bottom right
+    assert float((tok_a - tok_b).norm()) > 0.1 * float(tok_a.norm())
+    batch = make_batch(vla)
+    out = vla(batch)
+    out["loss"].backward()
+    assert vla.vision.keypoints.conv.weight.grad.abs().sum() > 0  # the keypoints are trained by the task loss
+    vla.save_pretrained(tmp_path / "kp")
+    back = ReferenceVLA.from_pretrained(tmp_path / "kp")
+    assert back.config.conv_keypoints == 4 and back.config.conv_keypoint_stage == 2
+    torch.testing.assert_close(back(batch)["raw"], vla(batch)["raw"], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_without_the_state_token_the_state_is_not_an_input(tmp_path, backbone):
     vla = make_vla(backbone, use_state=False)
@@ -234,6 +280,8 @@ def test_bad_backbone_specs_fail_in_one_line(tmp_path, spec, match):
     (dict(vision_encoder="vit", image_size=36, vit_patch_size=8), "not divisible by vit_patch_size"),
     (dict(chunk_size=0), "chunk_size=0 must be a positive integer"),
     (dict(use_state="no"), "use_state='no' must be true or false"),
+    (dict(conv_keypoints=-1), r"conv_keypoints=-1 must be an integer >= 0 \(0: none\)"),
+    (dict(conv_keypoints=8, conv_keypoint_stage=5), r"conv_keypoint_stage=5 must be a conv stage in 1\.\.4"),
 ])
 def test_bad_vla_config(kwargs, match):
     with pytest.raises(VlatrimError, match=match):

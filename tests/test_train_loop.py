@@ -331,6 +331,8 @@ def test_train_resume_refuses_changed_settings_and_continues(tmp_path, dataset_d
         train_reference(dataset_dir, out, preset="tiny", resume=True, lr=0.5)
     with pytest.raises(VlatrimError, match="cannot resume: --state False differs from the run's True"):
         train_reference(dataset_dir, out, preset="tiny", resume=True, use_state=False)
+    with pytest.raises(VlatrimError, match="cannot resume: --keypoints 8 differs from the run's 0"):
+        train_reference(dataset_dir, out, preset="tiny", resume=True, conv_keypoints=8)
     summary = train_reference(dataset_dir, out, preset="tiny", resume=True, use_state=True)  # finished: nothing to redo
     assert summary["steps"] == 2 and summary["resumed_from"] == 2
 
@@ -355,10 +357,11 @@ def test_cli_train_and_one_line_errors(tmp_path, dataset_dir, capsys):
                  "--steps", "2", "--device", "cpu"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["train", "--data", str(dataset_dir), "--out", str(tmp_path / "ns"), "--preset", "tiny",
-                 "--steps", "2", "--device", "cpu", "--state", "False"]) == 0
+                 "--steps", "2", "--device", "cpu", "--state", "False", "--keypoints", "8"]) == 0
     capsys.readouterr()
     ns = ReferenceVLA.from_pretrained(tmp_path / "ns")
     assert ns.config.use_state is False and ns.state_proj is None
+    assert ns.config.conv_keypoints == 8 and ns.vision.keypoints.conv.out_channels == 8
     assert json.loads((tmp_path / "ns" / "run_config.json").read_text())["model"]["use_state"] is False
     assert main(["train", "--data", str(dataset_dir), "--out", str(tmp_path / "r2"), "--backbone", "gpt-17"]) == 2
     err = capsys.readouterr().err.strip()

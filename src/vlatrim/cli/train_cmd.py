@@ -41,6 +41,9 @@ class TrainCommand:
     state: Optional[bool] = None
     """Give the policy the proprioceptive state token (False: image and instruction only, as OpenVLA;
     docs/training.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
+    keypoints: Optional[int] = None
+    """Spatial-softmax keypoints of the conv encoder, given to the backbone as one more image token
+    (0: none). They locate small things finer than the coarse token grid. Default: the preset's."""
     resume: bool = False
     """Continue the run in --out from its newest checkpoint (flags given must match the run's)."""
 
@@ -51,7 +54,7 @@ class TrainCommand:
                                   backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                                   seed=self.seed, device=self.device,
                                   mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every,
-                                  use_state=self.state)
+                                  use_state=self.state, conv_keypoints=self.keypoints)
         if summary:
             held = summary.get("held_out")
             err = f", held-out action L1 {held['l1']:.4f}" if held else ""

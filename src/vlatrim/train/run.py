@@ -34,12 +34,16 @@ RUN_CONFIG = "run_config.json"
 SUMMARY = "train.json"
 
 
+# VLAConfig fields a train run may override: field -> (CLI flag, VLAConfig default).
+MODEL_OVERRIDES: dict[str, tuple[str, Any]] = {"use_state": ("--state", True), "conv_keypoints": ("--keypoints", 0)}
+
+
 def resolve_run_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The full run settings: the preset, with non-None ``overrides`` applied.
 
     Args:
         preset: a name in ``TRAIN_PRESETS``.
-        overrides: ``backbone``, ``use_state`` (the ``VLAConfig`` field) and any ``TrainerConfig``
+        overrides: ``backbone``, the ``VLAConfig`` fields of ``MODEL_OVERRIDES`` and any ``TrainerConfig``
             field (``steps``, ``batch_size``, ``lr``, ``seed``, ``device``, ...); None values mean
             "the preset's".
 
@@ -52,8 +56,9 @@ def resolve_run_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]
     val_fraction = overrides.pop("val_fraction", p.val_fraction)
     train_word_embeddings = overrides.pop("train_word_embeddings", p.train_word_embeddings)
     model = dict(p.model)
-    if "use_state" in overrides:
-        model["use_state"] = overrides.pop("use_state")
+    for key in MODEL_OVERRIDES:
+        if key in overrides:
+            model[key] = overrides.pop(key)
     trainer = TrainerConfig.from_dict({**p.trainer, **overrides})
     if "image_size" in model:
         raise VlatrimError(f"preset {preset!r} sets image_size; it must come from the dataset")
@@ -75,8 +80,9 @@ def _check_resume(saved: dict[str, Any], wanted: dict[str, Any], explicit: dict[
             continue
         if key == "backbone":
             have, flag = saved["backbone"], "--backbone"
-        elif key == "use_state":
-            have, flag = saved["model"].get("use_state", True), "--state"
+        elif key in MODEL_OVERRIDES:
+            flag, default = MODEL_OVERRIDES[key]
+            have = saved["model"].get(key, default)
         else:
             have, flag = saved["trainer"].get(key), f"--{key.replace('_', '-')}"
         if have != value:
@@ -95,7 +101,7 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
         preset: starting settings (``TRAIN_PRESETS``).
         resume: continue the run in ``out`` from its newest checkpoint.
         load_frames: dataset reader (default: ``vlatrim.train.data.read_demo_frames``).
-        **overrides: ``backbone``, ``use_state`` and ``TrainerConfig`` fields; None means "the
+        **overrides: ``backbone``, ``MODEL_OVERRIDES`` and ``TrainerConfig`` fields; None means "the
             preset's" (or, when resuming, "the run's"); an explicit value that differs from a resumed
             run's is an error.
 

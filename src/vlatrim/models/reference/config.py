@@ -30,6 +30,10 @@ class VLAConfig:
     """Vision encoder: ``conv`` (stride-2 conv stack, 16x downsampling) or ``vit`` (patch ViT)."""
     conv_channels: tuple[int, ...] = (32, 64, 128, 128)
     """Output channels of the conv encoder's stride-2 stages; image tokens = (image_size / 2**len)^2."""
+    conv_keypoints: int = 0
+    """Spatial-softmax keypoints of the conv encoder, embedded as one more image token (0: none)."""
+    conv_keypoint_stage: int = 2
+    """Conv stage (1-based) whose feature map the keypoints are read from (96 px: stage 2 is 24x24)."""
     vit_patch_size: int = 8
     """ViT patch size in pixels; image tokens = (image_size / patch)^2."""
     vit_dim: int = 128

@@ -26,6 +26,13 @@ class ConvEncoder(nn.Module):
     at each grid cell keeps the token scale stable for the projector.
 
     16x downsampling with the default four stages: 96 px -> 6x6 = 36 tokens, 32 px -> 2x2 = 4 tokens.
+
+    With ``conv_keypoints=K > 0`` one more token carries K spatial-softmax keypoints (Levine et al.,
+    2016, as in the robomimic and Diffusion Policy image encoders) read from the output of stage
+    ``conv_keypoint_stage``: a 1x1 conv gives K maps, a softmax over each map's positions gives its
+    expected (x, y), and the 2K coordinates are embedded as one token. The coarse grid says *what* is
+    in each cell; the keypoints say *where*, finer than a cell (a 9-token grid cell is 32 px wide at
+    96 px, the reach goal ~2 px).
     """
 
     def __init__(self, config) -> None:
@@ -46,6 +53,9 @@ class ConvEncoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         self.norm = nn.LayerNorm(c_in)
+        self.keypoint_stage = config.conv_keypoint_stage
+        self.keypoints = (SpatialSoftmaxToken(config.conv_channels[self.keypoint_stage - 1], config.conv_keypoints, c_in)
+                          if config.conv_keypoints else None)
         # Conv features carry no absolute position once flattened; the backbone's own position
         # embedding only orders tokens, so each grid cell gets its own learned offset.
         self.pos = nn.Parameter(torch.zeros(1, self.num_tokens(config), c_in))
@@ -56,6 +66,12 @@ class ConvEncoder(nn.Module):
         stride = 2 ** len(config.conv_channels)
         if not config.conv_channels or any(int(c) < 1 for c in config.conv_channels):
             raise VlatrimError(f"VLA config conv_channels={list(config.conv_channels)!r} must be positive integers")
+        if isinstance(config.conv_keypoints, bool) or not isinstance(config.conv_keypoints, int) or config.conv_keypoints < 0:
+            raise VlatrimError(f"VLA config conv_keypoints={config.conv_keypoints!r} must be an integer >= 0 (0: none)")
+        if (isinstance(config.conv_keypoint_stage, bool) or not isinstance(config.conv_keypoint_stage, int)
+                or not 1 <= config.conv_keypoint_stage <= len(config.conv_channels)):
+            raise VlatrimError(f"VLA config conv_keypoint_stage={config.conv_keypoint_stage!r} must be a conv stage "
+                               f"in 1..{len(config.conv_channels)}")
         if config.image_size % stride:
             raise VlatrimError(
                 f"image size {config.image_size} px is not divisible by the conv encoder's stride {stride}; "
@@ -64,15 +80,51 @@ class ConvEncoder(nn.Module):
     @staticmethod
     def num_tokens(config) -> int:
         side = config.image_size // 2 ** len(config.conv_channels)
-        return side * side
+        return side * side + (1 if config.conv_keypoints else 0)
 
     @staticmethod
     def out_dim(config) -> int:
         return config.conv_channels[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net(x)  # (B, C, h, w)
-        return self.norm(f.flatten(2).transpose(1, 2)) + self.pos  # (B, h*w, C)
+        if self.keypoints is None:
+            f = self.net(x)  # (B, C, h, w)
+            return self.norm(f.flatten(2).transpose(1, 2)) + self.pos  # (B, h*w, C)
+        cut = 2 * self.keypoint_stage  # (conv, GELU) per stage
+        mid = self.net[:cut](x)  # (B, C_k, H_k, W_k)
+        f = self.net[cut:](mid)  # (B, C, h, w)
+        tokens = [self.norm(f.flatten(2).transpose(1, 2)), self.keypoints(mid)]  # (B, h*w, C), (B, 1, C)
+        return torch.cat(tokens, dim=1) + self.pos  # (B, h*w + 1, C)
+
+
+class SpatialSoftmaxToken(nn.Module):
+    """K keypoints of a feature map as one token: 1x1 conv -> ``keypoint_coords`` -> Linear(2K, C) ->
+    LayerNorm. A learned temperature (starting at 1) sharpens or widens each softmax."""
+
+    def __init__(self, in_channels: int, k: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, k, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.embed = nn.Linear(2 * k, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        coords = keypoint_coords(self.conv(f) / self.log_temperature.exp())  # (B, K, 2) float32
+        return self.norm(self.embed(coords.flatten(1).to(f.dtype))).unsqueeze(1)  # (B, 1, C)
+
+
+def keypoint_coords(logits: torch.Tensor) -> torch.Tensor:
+    """Spatial softmax: (B, K, h, w) logits -> (B, K, 2) expected (x, y) of each map, in float32.
+
+    x runs left to right and y top to bottom over [-1, 1] (the centres of the first and last column /
+    row), so a map peaked on one cell returns that cell's coordinates.
+    """
+    h, w = logits.shape[-2:]
+    attn = torch.softmax(logits.flatten(2).float(), dim=-1)  # (B, K, h*w), row-major
+    ys = torch.linspace(-1.0, 1.0, h, device=logits.device)
+    xs = torch.linspace(-1.0, 1.0, w, device=logits.device)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)  # (h*w, [x, y])
+    return attn @ grid
 
 
 @VISION_ENCODERS.register("vit")
