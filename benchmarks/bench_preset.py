@@ -7,7 +7,7 @@ mean success over 50 episodes per task. The JSON keeps the commands, the trainin
 steps/s, precision, held-out action error) and the evaluation, with the machine's load.
 
     PYTHONPATH=src python benchmarks/bench_preset.py --preset quick|mt10 [--work DIR] [--steps N]
-        [--episodes N] [--out JSON] [--data DIR] [--run DIR]
+        [--episodes N] [--out JSON] [--data DIR] [--run DIR] [--train-args '--keypoints 32']
 
 --data / --run take a dataset / finished training run made earlier with this script's commands (an
 hour-long mt10 training need not be repeated to re-evaluate it); the JSON then marks the stage as
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="reuse this dataset instead of generating one")
     ap.add_argument("--run", default=None, help="reuse this finished training run instead of training")
     ap.add_argument("--out", default=None, help="default benchmarks/results/PRESET_preset.json")
+    ap.add_argument("--train-args", default="", help="more vlatrim train flags, one string (e.g. '--keypoints 32')")
     args = ap.parse_args()
     p = PRESETS[args.preset]
     tasks, demos, episodes = args.tasks or p["tasks"], args.demos or p["demos"], args.episodes or p["episodes"]
@@ -72,6 +73,7 @@ def main() -> None:
     train_cmd = v + ["train", "--data", str(data), "--out", str(run), "--preset", args.preset]
     if args.steps:
         train_cmd += ["--steps", str(args.steps)]
+    train_cmd += shlex.split(args.train_args)
     eval_cmd = v + ["eval", "--policy", str(run), "--tasks", tasks, "--episodes", str(episodes),
                     "--workers", str(args.workers), "--max-steps", str(MAX_STEPS), "--out", str(work / "eval")]
     data_s = None if args.data else timed(data_cmd)
