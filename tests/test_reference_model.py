@@ -282,6 +282,7 @@ def test_bad_backbone_specs_fail_in_one_line(tmp_path, spec, match):
     (dict(use_state="no"), "use_state='no' must be true or false"),
     (dict(conv_keypoints=-1), r"conv_keypoints=-1 must be an integer >= 0 \(0: none\)"),
     (dict(conv_keypoints=8, conv_keypoint_stage=5), r"conv_keypoint_stage=5 must be a conv stage in 1\.\.4"),
+    (dict(conv_keypoints=8, vision_encoder="vit"), "conv_keypoints=8 needs vision_encoder='conv', not 'vit'"),
 ])
 def test_bad_vla_config(kwargs, match):
     with pytest.raises(VlatrimError, match=match):

@@ -90,6 +90,9 @@ class VLAConfig:
             raise VlatrimError(f"VLA config max_text_tokens={self.max_text_tokens!r} must be >= 2")
         if self.action_head == "discrete" and self.normalization != "min_max":
             raise VlatrimError("the discrete action head needs normalization='min_max' (its bins span [-1, 1])")
+        if self.conv_keypoints and self.vision_encoder != "conv":
+            raise VlatrimError(f"VLA config conv_keypoints={self.conv_keypoints!r} needs vision_encoder='conv', "
+                               f"not {self.vision_encoder!r}")
         VISION_ENCODERS.get(self.vision_encoder).check(self)
 
     @property
