@@ -381,3 +381,14 @@ def test_frozen_word_embeddings_stay_pretrained(tmp_path, dataset_dir):
     # ...while the rest of the backbone did train.
     assert not torch.equal(trained.backbone.encoder.layer[0].attention.self.query.weight,
                            initial.encoder.layer[0].attention.self.query.weight)
+
+
+def test_every_preset_resolves_to_a_valid_architecture():
+    from vlatrim.train.presets import TRAIN_PRESETS
+    from vlatrim.train.run import resolve_run_config
+
+    for name in TRAIN_PRESETS.names():
+        cfg = VLAConfig.from_dict({**resolve_run_config(name, {})["model"], "image_size": 96})
+        assert cfg.num_image_tokens >= 1, name
+    mt10 = VLAConfig.from_dict({**resolve_run_config("mt10", {})["model"], "image_size": 96})
+    assert (mt10.num_image_tokens, mt10.conv_keypoints, mt10.use_state) == (3 * 3 + 1, 32, False)  # the measured 0.706 run

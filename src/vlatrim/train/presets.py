@@ -66,18 +66,19 @@ def _quick() -> Preset:
 @TRAIN_PRESETS.register("mt10")
 def _mt10() -> Preset:
     # All ten MT10 tasks x 50 demos, sized for the 2-core CPU (89 min measured in bf16): the quick
-    # preset's 9-token encoder, ~10x its steps. 16 text tokens hold the longest MT10 instruction
-    # (peg-insert-side: 13). No state token: with it the policy fitted the demos from the hand
-    # position and ignored the camera (0.426 with the earlier conv init). Without it the policy reads
-    # its camera and reached 0.446, still below the 0.60 target (docs/training.md).
+    # preset's 9-token encoder plus one token of 32 spatial-softmax keypoints, ~10x its steps. 16 text
+    # tokens hold the longest MT10 instruction (peg-insert-side: 13). No state token: with it the
+    # policy fitted the demos from the hand position and ignored the camera. Reached 0.706 (0.446
+    # without the keypoints, 0.426 with the state token and the earlier conv init; docs/training.md).
     return Preset(
         backbone="minilm",
-        model=dict(chunk_size=4, conv_channels=(32, 64, 96, 128, 128), max_text_tokens=16, use_state=False),
+        model=dict(chunk_size=4, conv_channels=(32, 64, 96, 128, 128), conv_keypoints=32, max_text_tokens=16,
+                   use_state=False),
         trainer=dict(steps=15000, batch_size=32, lr=5e-4, warmup_steps=300, checkpoint_every=1000, log_every=50,
                      mixed_precision="bf16" if cpu_has_native_bf16() else "auto"),
         train_word_embeddings=False,
-        description="MT10 x 50 demos: MiniLM-L6, 9 image tokens at 96 px, no state token, chunk of 4, L1; "
-                    "15000 steps at batch 32")
+        description="MT10 x 50 demos: MiniLM-L6, 9 image tokens + 32 keypoints at 96 px, no state token, "
+                    "chunk of 4, L1; 15000 steps at batch 32")
 
 
 @TRAIN_PRESETS.register("tiny")
