@@ -169,6 +169,24 @@ def test_hidden_alignment_pairs_kept_blocks_with_their_teacher_blocks(frames):
     _distill(student, teacher, None, hidden_weight=0.0)  # no alignment: no pairing needed
 
 
+def test_hidden_alignment_of_a_batch_is_the_mean_of_its_equal_shares():
+    # What makes a 2-process (or accumulated) distillation run the 1-process one: the term of the
+    # whole batch equals the mean of its halves' terms even when the halves hold different padding.
+    from vlatrim.train.recovery.distill import hidden_align_loss
+
+    g = torch.Generator().manual_seed(0)
+    s = [torch.randn(4, 6, 8, generator=g) for _ in range(2)]
+    t = [x + 0.3 * torch.randn(4, 6, 8, generator=g) for x in s]
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    whole = hidden_align_loss(s, t, mask)
+    halves = [hidden_align_loss([x[i:i + 2] for x in s], [x[i:i + 2] for x in t], mask[i:i + 2]) for i in (0, 2)]
+    torch.testing.assert_close(whole, (halves[0] + halves[1]) / 2, rtol=1e-6, atol=0)
+    # Per sample b and block i: sum of squared differences over b's unmasked positions / the teacher's sum of squares.
+    m = mask[..., None].float()
+    want = torch.stack([(((a - b) ** 2 * m).sum((1, 2)) / ((b ** 2) * m).sum((1, 2))).mean() for a, b in zip(s, t)]).mean()
+    torch.testing.assert_close(whole, want, rtol=1e-6, atol=0)
+
+
 def test_distillation_gradient_pulls_the_student_towards_the_teacher(frames):
     teacher = tiny_vla(frames, blocks=2, seed=0).eval()
     student = tiny_vla(frames, blocks=2, seed=1)

@@ -272,10 +272,12 @@ def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", "lora", "distill"])
 def test_two_process_run_follows_the_one_process_loss_curve(dirs, tmp_path, method):
     args = ["recover", "--model", str(dirs["pruned"]), "--data", str(dirs["data"]), "--method", method,
             "--steps", "8", "--batch-size", "8", "--log-every", "1", "--seed", "3", "--device", "cpu"]
+    if method == "distill":  # action and hidden-state terms, both means of per-sample values
+        args += ["--teacher", str(dirs["teacher"]), "--distill-hidden-weight", "0.5"]
     two = _torchrun([*args, "--out", str(tmp_path / "two")], timeout=300)  # the global batch (8) split 4 + 4
     assert two.returncode == 0, two.stderr[-3000:]
     assert cli([*args, "--out", str(tmp_path / "one")]) == 0

@@ -4,13 +4,15 @@ Loss (all terms in normalized action units, so their scales are comparable):
 
     task_weight * L_task(student)                               behaviour cloning, the model's own loss
   + action_weight * D(student chunk, teacher chunk)             L1 / MSE (continuous) or KL (discrete)
-  + hidden_weight * mean_i relMSE(h_s[i], h_t[kept[i]])          kept block i against its teacher block
+  + hidden_weight * mean_i mean_b relMSE(h_s[i], h_t[kept[i]])   kept block i against its teacher block
 
 ``kept[i]`` is the original index of the student's block i (``prune.json`` ``kept_blocks``), so block
 outputs are compared with the teacher block they were cut from, not with the teacher's i-th block.
-relMSE is the MSE over non-padding positions divided by the teacher output's mean square there
-(detached): block outputs of a pre-norm decoder grow with depth, and this keeps each block's term
-scale-free. Every distillation term is exactly zero when the student equals the teacher.
+relMSE is, per sample b, the MSE over its non-padding positions divided by the teacher output's mean
+square there (detached): block outputs of a pre-norm decoder grow with depth, and this keeps each
+block's term scale-free. Every term is a mean over samples of per-sample values, so a batch split
+into equal shares (processes, accumulation micro-batches) averages to the whole batch's value.
+Every distillation term is exactly zero when the student equals the teacher.
 """
 
 from __future__ import annotations
@@ -100,14 +102,19 @@ def action_distill_loss(student_raw: torch.Tensor, teacher_raw: torch.Tensor, di
 
 def hidden_align_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tensor],
                       mask: torch.Tensor) -> torch.Tensor:
-    """Mean over block pairs of MSE / teacher mean square over positions where ``mask`` (B, S) is 1."""
+    """Mean over block pairs and samples of each sample's MSE / teacher mean square, over the positions
+    where ``mask`` (B, S) is 1.
+
+    Normalized per sample (not over the batch's pooled positions), so that the mean over a batch split
+    into equal shares is the batch's value: under DDP / FSDP each process's term, averaged with the
+    others' gradients, is exactly the whole batch's term, whatever padding each share holds.
+    """
     m = mask.unsqueeze(-1).float()  # (B, S, 1)
-    n = m.sum().clamp_min(1.0) * student_h[0].shape[-1]
     terms = []
     for s, t in zip(student_h, teacher_h):
         s, t = s.float(), t.float()
-        scale = ((t.square() * m).sum() / n).detach().clamp_min(1e-12)
-        terms.append(((s - t).square() * m).sum() / n / scale)
+        scale = (t.square() * m).sum(dim=(1, 2)).detach().clamp_min(1e-12)  # (B,)
+        terms.append((((s - t).square() * m).sum(dim=(1, 2)) / scale).mean())  # sum/sum = mean/mean per sample
     return torch.stack(terms).mean()
 
 
