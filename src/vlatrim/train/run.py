@@ -34,8 +34,8 @@ RUN_CONFIG = "run_config.json"
 SUMMARY = "train.json"
 
 
-# VLAConfig fields a train run may override: field -> (CLI flag, VLAConfig default).
-MODEL_OVERRIDES: dict[str, tuple[str, Any]] = {"use_state": ("--state", True), "conv_keypoints": ("--keypoints", 0)}
+# VLAConfig fields a train run may override: field -> its vlatrim train flag.
+MODEL_OVERRIDES: dict[str, str] = {"use_state": "--state", "conv_keypoints": "--keypoints"}
 
 
 def resolve_run_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -81,8 +81,8 @@ def _check_resume(saved: dict[str, Any], wanted: dict[str, Any], explicit: dict[
         if key == "backbone":
             have, flag = saved["backbone"], "--backbone"
         elif key in MODEL_OVERRIDES:
-            flag, default = MODEL_OVERRIDES[key]
-            have = saved["model"].get(key, default)
+            flag = MODEL_OVERRIDES[key]
+            have = saved["model"].get(key, VLAConfig.__dataclass_fields__[key].default)
         else:
             have, flag = saved["trainer"].get(key), f"--{key.replace('_', '-')}"
         if have != value:

@@ -87,14 +87,13 @@ class ConvEncoder(nn.Module):
         return config.conv_channels[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.keypoints is None:
-            f = self.net(x)  # (B, C, h, w)
-            return self.norm(f.flatten(2).transpose(1, 2)) + self.pos  # (B, h*w, C)
         cut = 2 * self.keypoint_stage  # (conv, GELU) per stage
-        mid = self.net[:cut](x)  # (B, C_k, H_k, W_k)
+        mid = self.net[:cut](x)  # (B, C_k, H_k, W_k): the keypoints' feature map
         f = self.net[cut:](mid)  # (B, C, h, w)
-        tokens = [self.norm(f.flatten(2).transpose(1, 2)), self.keypoints(mid)]  # (B, h*w, C), (B, 1, C)
-        return torch.cat(tokens, dim=1) + self.pos  # (B, h*w + 1, C)
+        tokens = self.norm(f.flatten(2).transpose(1, 2))  # (B, h*w, C)
+        if self.keypoints is not None:
+            tokens = torch.cat([tokens, self.keypoints(mid)], dim=1)  # (B, h*w + 1, C)
+        return tokens + self.pos
 
 
 class SpatialSoftmaxToken(nn.Module):
