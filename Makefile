@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: env demo test test-integration bench clean
+.PHONY: env demo lint test test-integration bench clean
 
 env: $(STAMP)
 
@@ -32,7 +32,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m vlatrim.demo --out demo_out
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q
 
 test-integration: $(STAMP)

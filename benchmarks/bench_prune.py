@@ -81,7 +81,7 @@ def bench_shape(name: str, cls: type, cfg: object, seq: int, rounds: int, warmup
     info = {k: {"blocks": locate_backbone(m).num_blocks, "params": count_params(m), "flops": flops(m, ids)}
             for k, m in variants.items()}
     samples: dict[str, list[float]] = {k: [] for k in variants}
-    for k, m in variants.items():  # warm-up: allocator, caches, lazy init
+    for m in variants.values():  # warm-up: allocator, caches, lazy init
         measure_latency(lambda m=m: m(input_ids=ids), warmup=warmup, repeats=1)
     for _ in range(rounds):  # interleaved: drift on a shared CPU lands on every variant alike
         for k, m in variants.items():

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_preset import MAX_STEPS, timed  # this script's directory is on sys.path
 
+from bench_preset import MAX_STEPS, timed  # this script's directory is on sys.path
 from vlatrim.utils.io import read_json, write_json_atomic
 
 

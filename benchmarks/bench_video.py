@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vlatrim.data.lerobot import LeRobotDataset, LeRobotWriter, metaworld_features  # noqa: E402
 from vlatrim.data.metaworld_demos import DemoConfig, generate_demos  # noqa: E402
-from vlatrim.utils.io import write_json_atomic  # noqa: E402
 from vlatrim.errors import VlatrimError  # noqa: E402
+from vlatrim.utils.io import write_json_atomic  # noqa: E402
 from vlatrim.utils.video import available_encoders, pick_encoder, stream_info, write_clip  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "video.json"
@@ -104,7 +104,7 @@ def main() -> None:
             encode_s = statistics.median(to_video(png, ref, tmp / f"enc{len(variants)}_{i}", **opts) for i in range(args.repeats))
             to_video(png, ref, vid_dir, **opts)
             vid = LeRobotDataset(vid_dir)
-            vid_decode_s, vid_runs = timed(lambda: vid.images(), args.repeats)
+            vid_decode_s, vid_runs = timed(vid.images, args.repeats)
             d = np.abs(ref.astype(np.int16) - vid.images().astype(np.int16))
             mse = float((d.astype(np.float64) ** 2).mean())
             video_bytes = dir_bytes(vid_dir / "videos", "*.mp4")

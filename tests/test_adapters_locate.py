@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 from torch import nn
 
 from vlatrim.errors import VlatrimError

@@ -113,7 +113,7 @@ def test_gate_gradient_matches_finite_difference():
     for i in range(3):
         losses = []
         for g in (1 - eps, 1 + eps):
-            with torch.no_grad(), block_hooks(blocks, lambda j, h, o: h + g * (o - h) if j == i else None):
+            with torch.no_grad(), block_hooks(blocks, lambda j, h, o, g=g, i=i: h + g * (o - h) if j == i else None):
                 losses.append(model.compute_loss(batches[0])["loss"].item())
         fd = (losses[0] - losses[1]) / (2 * eps)  # = -dL/dg, the first-order estimate of removing the block
         assert res.extras["first_order"]["backbone.layers"][i] == pytest.approx(fd, rel=2e-3)

@@ -11,9 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlatrim.data.metaworld_demos import PROGRESS_DIR, Attempt, DemoConfig, _needed, _prepare_out, _read_journal, _stage_path
-from vlatrim.errors import VlatrimError
 from procs import kill_after_first_line
+from vlatrim.data.metaworld_demos import (
+    PROGRESS_DIR,
+    Attempt,
+    DemoConfig,
+    _needed,
+    _prepare_out,
+    _read_journal,
+    _stage_path,
+)
+from vlatrim.errors import VlatrimError
 
 
 def _cfg(**kw):

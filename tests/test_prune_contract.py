@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -24,12 +25,11 @@ from vlatrim.models.adapters import locate_backbone
 from vlatrim.models.adapters.tiny import TINY_MODELS, VOCAB
 from vlatrim.prune import PrunePlan, apply_plan, load_pruned, save_pruned
 from vlatrim.prune.methods import PRUNE_METHODS
-from vlatrim.prune.methods.vocab import special_ids
 
 ARCHS = TINY_MODELS.names()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(arch: str) -> nn.Module:
     return TINY_MODELS.get(arch)()
 

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from vlatrim.models import reference  # noqa: E402
 import vlatrim.analyze  # noqa: E402,F401
-
 from vlatrim.cli.main import main  # noqa: E402
 from vlatrim.data.lerobot import LeRobotWriter, metaworld_features  # noqa: E402
+from vlatrim.models import reference  # noqa: E402
 from vlatrim.models.adapters import locate_backbone  # noqa: E402
 from vlatrim.prune import load_pruned  # noqa: E402
 

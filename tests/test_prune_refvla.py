@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlatrim.models import reference  # noqa: E402
-
 from vlatrim.cli.main import main  # noqa: E402
+from vlatrim.models import reference  # noqa: E402
 from vlatrim.models.adapters import locate_backbone  # noqa: E402
 from vlatrim.prune import load_pruned  # noqa: E402
 

@@ -24,9 +24,15 @@ from test_recover_run import SRC, dirs  # noqa: F401  (the module-scoped dataset
 from vlatrim.cli.main import main as cli
 from vlatrim.errors import VlatrimError
 from vlatrim.train.config import TrainerConfig
-from vlatrim.train.recovery import LoraSettings, RecoverySettings, RECOVERY_METHODS
-from vlatrim.train.trainer import (Trainer, default_param_groups, make_adamw, meta_copy, optimizer_state_by_index,
-                                   optimizer_state_by_name)
+from vlatrim.train.recovery import RECOVERY_METHODS, LoraSettings, RecoverySettings
+from vlatrim.train.trainer import (
+    Trainer,
+    default_param_groups,
+    make_adamw,
+    meta_copy,
+    optimizer_state_by_index,
+    optimizer_state_by_name,
+)
 
 
 @pytest.fixture(scope="module")

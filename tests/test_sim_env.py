@@ -120,7 +120,6 @@ def test_envs_sharing_a_start_cache_build_each_start_table_once():
 def test_direct_env_factory_matches_gym_make():
     # make_mt1_env skips the start table gym.make builds; the env must behave exactly the same.
     import gymnasium as gym
-
     from metaworld import MT1
     from metaworld.policies import ENV_POLICY_MAP
 

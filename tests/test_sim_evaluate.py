@@ -12,9 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlatrim.errors import VlatrimError
-from vlatrim.sim.evaluate import PROGRESS_DIR, EpisodeResult, EvalConfig, EvalStore, _summarise, check_out, run_eval, write_eval
 from procs import kill_after_first_line
+from vlatrim.errors import VlatrimError
+from vlatrim.sim.evaluate import (
+    PROGRESS_DIR,
+    EpisodeResult,
+    EvalConfig,
+    EvalStore,
+    _summarise,
+    check_out,
+    run_eval,
+    write_eval,
+)
 
 
 def test_config_validation():

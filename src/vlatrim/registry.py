@@ -6,7 +6,8 @@ other file. Duplicate names are rejected at import time.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from vlatrim.errors import VlatrimError
 

@@ -6,8 +6,9 @@ import hashlib
 import json
 import platform
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

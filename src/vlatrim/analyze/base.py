@@ -9,8 +9,9 @@ Scorers never modify the model (hooks only) and never cut.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn

@@ -9,7 +9,8 @@ restores it exactly.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ class RowGates:
         return h + gv * (o - h)
 
     @contextlib.contextmanager
-    def attach(self) -> Iterator["RowGates"]:
+    def attach(self) -> Iterator[RowGates]:
         self.gates = [None] * len(self.blocks)
         with block_hooks(self.blocks, self._fn):
             yield self
@@ -127,14 +128,14 @@ class Boundaries:
         return None
 
     @contextlib.contextmanager
-    def attach(self) -> Iterator["Boundaries"]:
+    def attach(self) -> Iterator[Boundaries]:
         self.states = [None] * (len(self.blocks) + 1)
         with block_hooks(self.blocks, self._fn):
             yield self
 
 
 @contextlib.contextmanager
-def input_hooks(modules: Sequence[nn.Module], fn: Callable[[int, torch.Tensor], "torch.Tensor | None"]) -> Iterator[None]:
+def input_hooks(modules: Sequence[nn.Module], fn: Callable[[int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
     """Call ``fn(i, x)`` on the first input of module ``i`` before it runs; a returned tensor replaces it."""
     handles = []
 

@@ -8,7 +8,7 @@ d L / d mask = sum over positions of activation * gradient (Molchanov et al. 201
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

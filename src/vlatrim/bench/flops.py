@@ -14,7 +14,8 @@ same for encoders and decoders. The analytic count is what removing a block save
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ fails); the benchmark records the reason instead of a number.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

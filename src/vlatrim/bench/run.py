@@ -18,8 +18,9 @@ import datetime as _dt
 import gc
 import os
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from vlatrim.analyze.base import PATHWAYS
 from vlatrim.analyze.run import DEFAULT_SCORERS
@@ -31,7 +30,7 @@ class AnalyzeCommand:
     """Block lists the block scorers cover (language, vision, action; those the model has)."""
     angular_span: int = 1
     """Span n of blocks whose angular distance is the angular scorer's per-block score."""
-    blocks_path: Optional[str] = None
+    blocks_path: str | None = None
     """Dotted path of the backbone's block list, when detection fails (see vlatrim inspect)."""
     seed: int = 0
     """Which held-out samples form the calibration batches."""

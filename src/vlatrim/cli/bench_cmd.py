@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from vlatrim.cli.registry import COMMANDS
 
@@ -31,7 +30,7 @@ class BenchCommand:
     """Timed calls per timing; medians are reported."""
     seq_len: int = 64
     """Tokens per sequence for transformers text models (a VLA's sequence comes from its config)."""
-    threads: Optional[int] = None
+    threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
 
     def run(self) -> None:

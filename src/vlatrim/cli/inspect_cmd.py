@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import tyro
 
@@ -19,7 +18,7 @@ class InspectCommand:
     JSON file (built without weights: shapes and parameter counts only)."""
     out: str
     """Output directory (must not exist): inspect.json and summary.txt."""
-    blocks_path: Optional[str] = None
+    blocks_path: str | None = None
     """Dotted path of the backbone's block list (e.g. backbone.encoder.layer), when detection fails."""
 
     def run(self) -> None:

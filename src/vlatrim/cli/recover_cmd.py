@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from vlatrim.cli.registry import COMMANDS
 
@@ -26,15 +26,15 @@ class RecoverCommand:
     method: Literal["full", "lora", "distill"] = "full"
     """full: every parameter; lora: peft adapters on the backbone, merged into the weights on save;
     distill: full fine-tuning with the teacher's actions (and optionally hidden states) as extra targets."""
-    teacher: Optional[str] = None
+    teacher: str | None = None
     """The unpruned model (checkpoint directory) to distil from; --method distill only."""
     steps: int = 500
     """Optimizer steps (the budget is steps x batch size samples; recorded in recover.json)."""
     batch_size: int = 32
     """Samples per optimizer step (global: split over processes under accelerate launch)."""
-    lr: Optional[float] = None
+    lr: float | None = None
     """Peak learning rate (AdamW, warm-up then cosine). Default: 1e-4 (full, distill), 5e-4 (lora)."""
-    warmup_steps: Optional[int] = None
+    warmup_steps: int | None = None
     """Linear warm-up steps. Default: 10% of --steps, at most 50."""
     grad_accum: int = 1
     """Micro-batches per optimizer step (same budget, less memory)."""
@@ -78,8 +78,13 @@ class RecoverCommand:
     """Softmax temperature of the KL term (discrete action head)."""
 
     def run(self) -> None:
-        from vlatrim.train.recovery import (DistillSettings, LoraSettings, RecoverySettings, recover,
-                                            recovery_trainer_config)
+        from vlatrim.train.recovery import (
+            DistillSettings,
+            LoraSettings,
+            RecoverySettings,
+            recover,
+            recovery_trainer_config,
+        )
 
         settings = RecoverySettings(
             method=self.method, val_fraction=self.val_fraction, gradient_checkpointing=self.gradient_checkpointing,

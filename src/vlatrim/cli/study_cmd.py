@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from vlatrim.cli.registry import COMMANDS
 from vlatrim.errors import VlatrimError
@@ -32,29 +32,29 @@ class StudyCommand:
     """Study directory (new or empty; or a previous study's with --resume)."""
     preset: str = "demo"
     """Starting settings: demo (CPU, ~15 min), quick (CPU, a few minutes), mt10 (GPU), tiny (smoke test)."""
-    data: Optional[str] = None
+    data: str | None = None
     """Use this LeRobot v3 dataset instead of generating Meta-World demonstrations."""
-    tasks: Optional[tuple[str, ...]] = None
+    tasks: tuple[str, ...] | None = None
     """Meta-World tasks or groups, e.g. drawer-close,reach or mt10 / easy. Default: the preset's."""
-    ratios: Optional[tuple[str, ...]] = None
+    ratios: tuple[str, ...] | None = None
     """Fractions of the language blocks to remove, e.g. 0.5,0.75 (or 0.5 0.75). Default: the preset's."""
-    scorer: Optional[tuple[str, ...]] = None
+    scorer: tuple[str, ...] | None = None
     """Block scorer(s) whose ranking decides which blocks go, e.g. drop_one,gateprobe (drop_one, gateprobe,
     block_influence, angular, cka, gate_first_order). Default: the preset's."""
-    methods: Optional[tuple[str, ...]] = None
+    methods: tuple[str, ...] | None = None
     """Recovery methods, e.g. full,lora (full, lora, distill). Default: the preset's."""
-    episodes_per_task: Optional[int] = None
+    episodes_per_task: int | None = None
     """Demonstrations per task. Default: the preset's."""
-    train_steps: Optional[int] = None
+    train_steps: int | None = None
     """Optimizer steps of the base model. Default: the preset's."""
-    recover_steps: Optional[int] = None
+    recover_steps: int | None = None
     """Optimizer steps of each recovery run (and of the unpruned control). Default: the preset's."""
-    eval_episodes: Optional[int] = None
+    eval_episodes: int | None = None
     """Closed-loop episodes per task. Default: the preset's."""
-    closed_loop: Optional[bool] = None
+    closed_loop: bool | None = None
     """Measure closed-loop success in Meta-World: --closed-loop True / False (False: offline action error
     only, no rendering). Default: the preset's (True except tiny)."""
-    device: Optional[Literal["auto", "cpu", "cuda"]] = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
     """Where everything runs. Default: the preset's."""
     resume: bool = False
     """Continue the study in --out: finished stages are skipped (settings must match)."""

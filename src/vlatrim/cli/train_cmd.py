@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from vlatrim.cli.registry import COMMANDS
 
@@ -20,28 +20,28 @@ class TrainCommand:
     preset: str = "default"
     """Starting settings: default, quick (CPU, minutes on 2 cores), mt10 (all ten MT10 tasks; ~90 min on
     2 CPU cores), tiny (smoke test)."""
-    backbone: Optional[str] = None
+    backbone: str | None = None
     """Language backbone: minilm (pretrained all-MiniLM-L6-v2), a preset (tiny-bert, tiny-llama, tiny-qwen2,
     llama-24, qwen2-24), a transformers config .json, or a local from_pretrained directory. Default: the preset's."""
-    steps: Optional[int] = None
+    steps: int | None = None
     """Optimizer steps. Default: the preset's."""
-    batch_size: Optional[int] = None
+    batch_size: int | None = None
     """Samples per optimizer step. Default: the preset's."""
-    lr: Optional[float] = None
+    lr: float | None = None
     """Peak learning rate (AdamW, linear warm-up then cosine decay). Default: the preset's."""
-    seed: Optional[int] = None
+    seed: int | None = None
     """Seed of initialisation, data order and dropout. Default: the preset's (0)."""
-    device: Optional[Literal["auto", "cpu", "cuda"]] = None
+    device: Literal["auto", "cpu", "cuda"] | None = None
     """Where to train; auto picks CUDA when available (with bf16 autocast). Default: auto."""
-    mixed_precision: Optional[Literal["auto", "no", "bf16", "fp16"]] = None
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = None
     """Autocast precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPUs with AVX512-BF16/AMX), fp16.
     Default: the preset's (quick: bf16 where the CPU has it)."""
-    checkpoint_every: Optional[int] = None
+    checkpoint_every: int | None = None
     """Steps between resumable checkpoints. Default: the preset's."""
-    state: Optional[bool] = None
+    state: bool | None = None
     """Give the policy the proprioceptive state token (False: image and instruction only, as OpenVLA;
     docs/training.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
-    keypoints: Optional[int] = None
+    keypoints: int | None = None
     """Spatial-softmax keypoints of the conv encoder, given to the backbone as one more image token
     (0: none). They locate small things finer than the coarse token grid. Default: the preset's."""
     resume: bool = False

@@ -29,10 +29,11 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -508,7 +509,7 @@ class LeRobotWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(self._episodes), path)
 
-    def __enter__(self) -> "LeRobotWriter":
+    def __enter__(self) -> LeRobotWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

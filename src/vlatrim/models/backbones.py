@@ -15,9 +15,10 @@ MiniLM's (BERT uncased WordPiece, 30522 ids), so their vocabulary must be at lea
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

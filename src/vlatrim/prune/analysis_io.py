@@ -8,7 +8,8 @@ The angular scorer's ``extras["spans"][path][n-1][l]`` is the distance across bl
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vlatrim.errors import VlatrimError
 from vlatrim.utils.io import read_json

@@ -9,7 +9,8 @@ query heads), or remove the same number of query heads from every group.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 

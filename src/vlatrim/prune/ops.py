@@ -7,7 +7,7 @@ that keeps everything is an exact identity.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -27,7 +27,7 @@ class PrunePlan:
         self.heads = {int(b): sorted(int(h) for h in hs) for b, hs in self.heads.items()}
         self.mlp = {int(b): sorted(int(c) for c in cs) for b, cs in self.mlp.items()}
 
-    def merge(self, other: "PrunePlan") -> "PrunePlan":
+    def merge(self, other: PrunePlan) -> PrunePlan:
         """The union of two plans (e.g. depth from one selector, width from another)."""
         return PrunePlan(
             drop_blocks=sorted(set(self.drop_blocks) | set(other.drop_blocks)),

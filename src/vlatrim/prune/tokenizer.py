@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from vlatrim.prune.vocab import TokenRemap
 

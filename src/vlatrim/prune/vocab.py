@@ -6,7 +6,8 @@ through :class:`TokenRemap` produces the same hidden states and the same logits 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ class TokenRemap:
         return {"old_vocab_size": self.old_size, "kept_old_ids": self.kept.tolist()}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TokenRemap":
+    def from_json(cls, d: dict[str, Any]) -> TokenRemap:
         return cls(d["kept_old_ids"], d["old_vocab_size"])
 
 

@@ -151,7 +151,7 @@ class MetaWorldEnv:
             self.renderer = None
         self._gym.close()
 
-    def __enter__(self) -> "MetaWorldEnv":
+    def __enter__(self) -> MetaWorldEnv:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -69,8 +69,8 @@ class StudyConfig:
     """Seed of training, recovery and evaluation."""
 
     def __post_init__(self) -> None:
-        from vlatrim.analyze.base import SCORERS
         import vlatrim.analyze.scorers  # noqa: F401  (registers the scorers)
+        from vlatrim.analyze.base import SCORERS
         from vlatrim.data.tasks import parse_tasks
 
         self.tasks = tuple(parse_tasks(list(self.tasks)))
@@ -114,7 +114,7 @@ class StudyConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StudyConfig":
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -6,7 +6,8 @@ dataclass defaults.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from vlatrim.registry import Registry
 

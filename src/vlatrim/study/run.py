@@ -13,7 +13,6 @@ build (``vlatrim.study.backends``) are recorded as unavailable; no number stands
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import shutil
 from pathlib import Path

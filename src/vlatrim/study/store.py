@@ -11,9 +11,10 @@ import datetime as _dt
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vlatrim.utils.io import read_json, write_json_atomic
 

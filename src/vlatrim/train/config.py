@@ -79,7 +79,7 @@ class TrainerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

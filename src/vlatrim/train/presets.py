@@ -6,8 +6,9 @@ explicit flags override it. The image size is not part of a preset: it comes fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from vlatrim.registry import Registry
 from vlatrim.utils.hardware import cpu_has_native_bf16

@@ -15,8 +15,9 @@ checkpoint (``ReferenceVLA.from_pretrained``, ``vlatrim eval --policy``) only on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

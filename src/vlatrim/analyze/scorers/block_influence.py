@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vlatrim.analyze.base import SCORERS, ScoreResult, Scorer, ScoringContext
+from vlatrim.analyze.base import SCORERS, Scorer, ScoreResult, ScoringContext
 from vlatrim.analyze.hooks import block_hooks
 
 

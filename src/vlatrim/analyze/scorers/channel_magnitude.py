@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlatrim.analyze.base import SCORERS, ScoreResult, Scorer, ScoringContext
+from vlatrim.analyze.base import SCORERS, Scorer, ScoreResult, ScoringContext
 from vlatrim.analyze.width import channel_units, magnitude
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlatrim.analyze.base import SCORERS, ScoreResult, Scorer, ScoringContext
+from vlatrim.analyze.base import SCORERS, Scorer, ScoreResult, ScoringContext
 from vlatrim.analyze.scorers.gateprobe import gate_statistics
 
 

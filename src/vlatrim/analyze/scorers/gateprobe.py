@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlatrim.analyze.base import SCORERS, ScoreResult, Scorer, ScoringContext
+from vlatrim.analyze.base import SCORERS, Scorer, ScoreResult, ScoringContext
 from vlatrim.analyze.hooks import RowGates, frozen
 
 

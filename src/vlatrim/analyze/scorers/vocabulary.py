@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlatrim.analyze.base import SCORERS, ScoreResult, Scorer, ScoringContext
+from vlatrim.analyze.base import SCORERS, Scorer, ScoreResult, ScoringContext
 from vlatrim.errors import VlatrimError
 
 

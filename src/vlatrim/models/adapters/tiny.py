@@ -8,7 +8,7 @@ axis show up as a wrong number.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import transformers as tf

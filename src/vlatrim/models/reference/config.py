@@ -108,7 +108,7 @@ class VLAConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VLAConfig":
+    def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
         """Build from a dict (e.g. ``config.json``), rejecting unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

@@ -14,8 +14,9 @@ and decodes the whole chunk in one pass.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class ReferenceVLA(nn.Module):
 
     # ------------------------------------------------------------------ construction / persistence
     @classmethod
-    def from_backbone(cls, config: VLAConfig, backbone: Backbone | str) -> "ReferenceVLA":
+    def from_backbone(cls, config: VLAConfig, backbone: Backbone | str) -> ReferenceVLA:
         """A fresh VLA around a backbone spec (see ``vlatrim.models.backbones``) or a resolved one.
 
         New modules draw from torch's global RNG: seed first for reproducible initialisation.
@@ -102,7 +103,7 @@ class ReferenceVLA(nn.Module):
                                 write_extra=lambda d: self.tokenizer.save_pretrained(str(d / TOKENIZER_DIR)))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ReferenceVLA":
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceVLA:
         """Load a checkpoint written by ``save_pretrained`` (no pickle, no download, no remote code).
 
         Returns the model in eval mode on ``device``. Missing or corrupted files raise VlatrimError.

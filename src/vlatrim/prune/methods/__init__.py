@@ -5,9 +5,8 @@ analysis produced (or, for ``magnitude``, the weights' norms) and return a plan.
 module and registers itself in ``PRUNE_METHODS``.
 """
 
-from vlatrim.prune.methods.base import PRUNE_METHODS
-
 # Importing the modules registers them.
 from vlatrim.prune.methods import angular_span, block_scores, budget_all, drop_blocks, heads, keep_first, mlp, vocab  # noqa: E402,F401
+from vlatrim.prune.methods.base import PRUNE_METHODS
 
 __all__ = ["PRUNE_METHODS"]

@@ -4,7 +4,8 @@ residual stream least."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from vlatrim.errors import VlatrimError
 from vlatrim.prune.methods.base import PRUNE_METHODS

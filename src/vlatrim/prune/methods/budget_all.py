@@ -8,8 +8,9 @@ are comparable. The selector only chooses indices; cutting stays with ``vlatrim.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 

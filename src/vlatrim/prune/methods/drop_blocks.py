@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vlatrim.prune.depth import check_drop
 from vlatrim.prune.methods.base import PRUNE_METHODS

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from vlatrim.errors import VlatrimError
 from vlatrim.prune.methods.base import PRUNE_METHODS

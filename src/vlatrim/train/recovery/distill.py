@@ -18,7 +18,8 @@ Every distillation term is exactly zero when the student equals the teacher.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -16,11 +16,11 @@ once the run finished.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
