@@ -141,8 +141,8 @@ def stage_score(run: Path, data: Path, batches: int, batch_size: int, repeats: i
 
 def stage_eval(work: Path, run: Path, episodes: int) -> dict:
     """Closed-loop success of the trained model on TASKS (evaluation starts, 2 workers, 300-step limit)."""
+    from vlatrim.families import load_policy
     from vlatrim.sim.evaluate import EvalConfig, run_eval
-    from vlatrim.sim.policy import load_policy
 
     out = work / f"eval{episodes}"
     if not (out / "eval.json").is_file():

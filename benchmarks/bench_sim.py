@@ -29,8 +29,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from vlatrim.families import load_policy  # noqa: E402
 from vlatrim.sim.evaluate import EvalConfig, evaluate  # noqa: E402
-from vlatrim.sim.policy import load_policy  # noqa: E402
 from vlatrim.sim.render import ensure_gl_backend  # noqa: E402
 from vlatrim.utils.io import write_json_atomic  # noqa: E402
 

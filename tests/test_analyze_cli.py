@@ -93,7 +93,7 @@ def test_analyze_and_inspect_reference_vla(dataset, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "vla"), "--out", str(tmp_path / "i")]) == 0
     info = json.loads((tmp_path / "i" / "inspect.json").read_text())
     assert (info["source"]["kind"], info["backbone"]["blocks_path"], info["backbone"]["owner_path"]) == (
-        "vlatrim", "backbone.layers", "backbone")
+        "vlatrim_vla", "backbone.layers", "backbone")
     assert [(v["path"], v["num_blocks"]) for v in info["vision"]] == [("vision.encoder.layers", 2)]
     out = tmp_path / "a"
     rc = main(["analyze", "--model", str(tmp_path / "vla"), "--data", str(dataset), "--out", str(out),

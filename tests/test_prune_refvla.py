@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from vlatrim.cli.main import main  # noqa: E402
+from vlatrim.errors import VlatrimError  # noqa: E402
 from vlatrim.models import reference  # noqa: E402
 from vlatrim.models.adapters import locate_backbone  # noqa: E402
-from vlatrim.prune import load_pruned  # noqa: E402
+from vlatrim.prune import load_pruned, narrow_to_recorded_widths  # noqa: E402
 
 TASKS = ["open the drawer", "press the button"]
 
@@ -107,7 +108,11 @@ def test_per_block_widths_reload_in_the_vla(tmp_path: Path) -> None:
     assert main(["prune", "--model", str(src), "--out", str(out), "--heads", "4,2"]) == 0
     rep = json.loads((out / "prune.json").read_text())
     assert rep["reload"]["loader"] == "vlatrim.prune.load_pruned"
-    pruned = reference.ReferenceVLA.from_pretrained(out)
+    # The class's own loader is told how to narrow blocks (models never import prune); without it, it
+    # says which loader to use.
+    with pytest.raises(VlatrimError, match="has blocks of different widths; load it with vlatrim.prune.load_pruned"):
+        reference.ReferenceVLA.from_pretrained(out)
+    pruned = reference.ReferenceVLA.from_pretrained(out, narrow=narrow_to_recorded_widths)
     assert [l.attention.num_heads for l in locate_backbone(pruned).layouts] == [4, 2]
     img, st = _obs()
     torch.testing.assert_close(load_pruned(out).predict_action(img, st, TASKS), pruned.predict_action(img, st, TASKS),

@@ -153,7 +153,7 @@ def test_resume_refuses_a_changed_source_checkpoint(dirs, tmp_path):
         recover(src, dirs["data"], out, trainer=_trainer(steps=2), resume=True)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dirs, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dirs, tmp_path, monkeypatch):
     from vlatrim.train.data import ResumableBatchSampler, read_demo_frames, split_episodes
 
     frames = read_demo_frames(dirs["data"])
@@ -165,7 +165,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dirs, tmp_path
     batches = list(ResumableBatchSampler(len(rows), 8, cfg.seed, 0, 6))
     frames.states[rows[batches[3][0]]] = np.nan
     with pytest.raises(VlatrimError, match=r"non-finite loss \(nan\) at step 4; stopped, the last good checkpoint"):
-        recover(dirs["pruned"], dirs["data"], tmp_path / "run", trainer=cfg, load_frames=lambda _p: frames)
+        monkeypatch.setattr("vlatrim.families.reference.read_demo_frames", lambda _p: frames)
+        recover(dirs["pruned"], dirs["data"], tmp_path / "run", trainer=cfg)
     out = tmp_path / "run"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
     assert not (out / "config.json").exists() and not (out / "recover.json").exists()

@@ -292,7 +292,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def test_train_run_directory_is_a_loadable_policy(tmp_path, dataset_dir):
-    from vlatrim.sim.policy import load_policy
+    from vlatrim.families import load_policy
     from vlatrim.train.run import train_reference
 
     out = tmp_path / "run"

@@ -45,8 +45,9 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     Returns:
         The analysis.json content.
     """
-    from vlatrim.analyze.calibration import text_calibration, vla_calibration
-    from vlatrim.models.adapters import describe, load_model, locate_backbone
+    from vlatrim.analyze.calibration import calibration
+    from vlatrim.families import family_of
+    from vlatrim.models.adapters import describe
 
     for n in scorers:
         SCORERS.get(n)
@@ -54,16 +55,13 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
         raise VlatrimError(f"--batches {num_batches} and --batch-size {batch_size} must be >= 1")
     if Path(out).exists():
         raise VlatrimError(f"output directory {out!r} already exists; choose a new --out or remove it")
-    model, kind = load_model(model_path, device=device)
-    if kind == "config":
+    family = family_of(model_path)
+    if not any(Path(model_path).glob("*.safetensors")):
         raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")
-    model.eval()
-    if kind == "vlatrim":
-        cal = vla_calibration(model, data, num_batches, batch_size, seed)
-    else:
-        cal = text_calibration(model, model_path, data, num_batches, batch_size, seed)
-    handle = locate_backbone(model, blocks_path)
-    present = tuple(p for p, lists in handle.pathways().items() if lists and p in pathways)
+    model = family.load(Path(model_path), device=device).eval()
+    cal = calibration(family, model, data, num_batches, batch_size, seed)
+    handle = family.handle(model, blocks_path)
+    present = tuple(p for p, lists in family.pathways(model, handle).items() if lists and p in pathways)
     ctx = ScoringContext(model=model, handle=handle, batches=cal.batches, loss=cal.loss, pathways=present,
                          instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress)
     run_key = dict(model=str(Path(model_path).resolve()), data=str(Path(data).resolve()), batches=num_batches,
@@ -82,7 +80,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
         write_json_atomic(partial / f"{name}.json", part["scorers"][name])
     results["pathways"] = pathway_summary(ctx, results["scorers"])
     analysis = {
-        "model": {"path": str(model_path), "kind": kind, "class": type(model).__name__,
+        "model": {"path": str(model_path), "family": family.name, "class": type(model).__name__,
                   **{k: v for k, v in describe(handle).items() if k != "model_class"}},
         "calibration": cal.description,
         "loss": {"name": cal.loss.name, "likelihood": cal.loss.likelihood, "terms_per_sample": cal.loss.terms_per_sample},

@@ -49,8 +49,8 @@ class EvalCommand:
 
     def run(self) -> None:
         from vlatrim.data.tasks import parse_tasks
+        from vlatrim.families import load_policy
         from vlatrim.sim.evaluate import EvalConfig, check_out, run_eval
-        from vlatrim.sim.policy import load_policy
 
         logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
         check_out(self.out, resume=self.resume)  # before loading a model and minutes of rollouts, not after

@@ -22,9 +22,16 @@ class InspectCommand:
     """Dotted path of the backbone's block list (e.g. backbone.encoder.layer), when detection fails."""
 
     def run(self) -> None:
+        from pathlib import Path
+
+        from vlatrim.families import family_of
         from vlatrim.models.adapters import inspect_model
 
-        _, text = inspect_model(self.model, self.out, self.blocks_path)
+        path, loaded = Path(self.model), None
+        if path.is_dir() and any(path.glob("*.safetensors")):  # weights: open it as its family does
+            family = family_of(path)
+            loaded = (family.load(path), family.name)
+        _, text = inspect_model(self.model, self.out, self.blocks_path, loaded=loaded)
         print(text)
         print(f"wrote {self.out}/inspect.json")
 

@@ -76,11 +76,16 @@ class PruneCommand:
     """Remove the LM head (for a VLA whose actions come from a regression head)."""
     blocks_path: str | None = None
     """Dotted path of the backbone's block list, when automatic detection picks the wrong one."""
+    pathway: str = "language"
+    """Which block list --drop-blocks cuts: language (the backbone), vision, action, or a block list's dotted
+    path (see `vlatrim inspect`). Cuts a block list is coupled to (e.g. an action expert paired with the
+    language layers) follow automatically, as the model's policy family declares."""
     dry_run: bool = False
     """Print the plan and the parameter budget, cut nothing, write nothing."""
 
     def run(self) -> None:
-        from vlatrim.prune.api import PruneRequest, execute, load_for_pruning, make_plan
+        from vlatrim.families import family_of
+        from vlatrim.prune.api import PruneRequest, couple, execute, make_plan
 
         if Path(self.out).exists():
             raise VlatrimError(f"--out {self.out!r} already exists; choose a new directory or remove it")
@@ -90,10 +95,14 @@ class PruneCommand:
             heads=_ints(self.heads, "--heads"), head_mode=self.head_mode,
             mlp_ratio=_floats(self.mlp_ratio, "--mlp-ratio"), vocab_from=self.vocab_from,
             drop_lm_head=self.drop_lm_head, blocks_path=self.blocks_path, scorer=self.scorer,
-            budget_vocab=self.budget_vocab, budget_units=self.budget_units,
+            budget_vocab=self.budget_vocab, budget_units=self.budget_units, pathway=self.pathway,
         )
-        model, handle, model_dir = load_for_pruning(self.model, self.blocks_path)
+        model_dir = Path(self.model)
+        family = family_of(model_dir)
+        model = family.load(model_dir)
+        handle = family.handle(model, self.blocks_path)
         plan, before = make_plan(req, model, handle, model_dir)
+        plan = couple(plan, model, handle, family)
         print(f"plan for {self.model} ({type(model).__name__}, {handle.num_blocks} blocks, "
               f"backbone {before['backbone']:,} params):")
         for line in plan.describe(handle.num_blocks):
@@ -101,7 +110,7 @@ class PruneCommand:
         if self.dry_run:
             print("dry run: nothing written")
             return
-        report = execute(req, model, handle, plan, before, self.out, model_dir)
+        report = execute(req, model, handle, plan, before, self.out, model_dir, hooks=family)
         b, a = report["params"]["before"], report["params"]["after"]
         print(f"backbone {b['backbone']:,} -> {a['backbone']:,} params "
               f"({100 * report['params']['backbone_ratio_removed']:.1f}% removed); total {b['total']:,} -> {a['total']:,}")

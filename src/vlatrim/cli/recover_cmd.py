@@ -62,10 +62,12 @@ class RecoverCommand:
     """Dropout on the LoRA adapters' input."""
     lora_targets: str = "all-linear"
     """Comma-separated linear modules to adapt (suffixes of their dotted paths, e.g. q_proj,v_proj), or all-linear."""
-    lora_scope: str = "backbone"
-    """Module path under which LoRA targets are searched ('' = the whole VLA)."""
-    lora_train_also: str = "head,action_queries"
-    """Comma-separated parameter-name prefixes trained in full next to the adapters ('' = adapters only)."""
+    lora_scope: str | None = None
+    """Module path under which LoRA targets are searched ('' = the whole model). Default: the model family's
+    (the reference VLA: 'backbone')."""
+    lora_train_also: str | None = None
+    """Comma-separated parameter-name prefixes trained in full next to the adapters ('' = adapters only).
+    Default: the model family's (the reference VLA: 'head,action_queries')."""
     distill_task_weight: float = 1.0
     """Weight of the task (behaviour-cloning) loss in --method distill."""
     distill_action_weight: float = 1.0
@@ -90,7 +92,7 @@ class RecoverCommand:
             method=self.method, val_fraction=self.val_fraction, gradient_checkpointing=self.gradient_checkpointing,
             lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
                               targets=_names(self.lora_targets), scope=self.lora_scope,
-                              train_also=_names(self.lora_train_also)),
+                              train_also=None if self.lora_train_also is None else _names(self.lora_train_also)),
             distill=DistillSettings(task_weight=self.distill_task_weight, action_weight=self.distill_action_weight,
                                     action_distance=self.distill_action_distance,
                                     hidden_weight=self.distill_hidden_weight, temperature=self.distill_temperature))

@@ -10,7 +10,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from torch import nn
 
@@ -20,7 +20,7 @@ from vlatrim.prune.analysis_io import Analysis
 from vlatrim.prune.methods import PRUNE_METHODS
 from vlatrim.prune.methods.base import check_ratio
 from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
-from vlatrim.prune.plan import PrunePlan
+from vlatrim.prune.plan import Coupling, PrunePlan, close_over_couplings
 from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
 from vlatrim.prune.surgery import apply_plan, validate_plan, width_savings
 from vlatrim.prune.tokenizer import agrees, can_rewrite, rewrite_wordpiece
@@ -51,8 +51,15 @@ class PruneRequest:
     budget_vocab: bool = True  # with a budget: spend it first on tokens the analysis saw unused
     budget_units: Literal["blocks", "all"] = "blocks"  # with a budget: what it removes after the vocabulary:
     # whole blocks in the scorer's order, or blocks, heads and MLP channels by loss per parameter
+    pathway: str = "language"  # which block list drop_blocks cuts: language, vision, action, or a block-list path
 
     def __post_init__(self) -> None:
+        if self.pathway != "language":
+            other = [n for n in ("keep_first", "span", "scores", "heads", "mlp_ratio", "vocab_from") if getattr(self, n) is not None]
+            if self.drop_blocks is None or other or self.drop_lm_head:
+                raise VlatrimError(f"--pathway {self.pathway} takes --drop-blocks only (vision and action block lists are "
+                                   "cut by index); use --pathway language for the other cuts")
+            return
         depth = [n for n in ("drop_blocks", "keep_first", "span") if getattr(self, n) is not None]
         budget = [n for n in ("ratio", "target_params", "count") if getattr(self, n) is not None]
         if budget and self.scores is None:
@@ -93,6 +100,10 @@ def _tokenizer(model_dir: Path, required: bool = True) -> Any:
 def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path | None = None) -> tuple[PrunePlan, dict[str, int]]:
     """Turn a request into a validated plan. Returns the plan and the parameters by component before."""
     before = params_by_component(handle)
+    if req.pathway != "language":
+        plan = pathway_plan(handle, req.pathway, req.drop_blocks)
+        validate_plan(handle, plan)
+        return plan, before
     plan = PrunePlan()
     analysis = Analysis(req.scores) if req.scores else None
     budget = req.ratio is not None or req.target_params is not None
@@ -150,6 +161,25 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
     return plan, before
 
 
+def pathway_plan(handle: Any, pathway: str, drop: list[int]) -> PrunePlan:
+    """A plan removing blocks ``drop`` from a vision or action block list, named by pathway (when it has
+    exactly one block list) or by the list's dotted path."""
+    lists = {p: [bl.path for bl in bls] for p, bls in handle.pathways().items() if p != "language"}
+    paths = [bl for bls in lists.values() for bl in bls]
+    if pathway in lists:
+        if len(lists[pathway]) != 1:
+            raise VlatrimError(f"--pathway {pathway}: this model has {len(lists[pathway])} {pathway} block lists; name "
+                               f"one by its path: {', '.join(lists[pathway]) or '(none)'}")
+        path = lists[pathway][0]
+    elif pathway in paths:
+        path = pathway
+    else:
+        raise VlatrimError(f"--pathway {pathway!r} is not a pathway or block list of this model; valid: language, "
+                           f"{', '.join(p for p in lists if lists[p]) or '(no vision or action blocks)'}"
+                           f"{', ' + ', '.join(paths) if paths else ''}")
+    return PrunePlan(pathway_drops={path: list(drop)}, methods=["drop-blocks"])
+
+
 def _vocab_saving(handle: Any, plan: PrunePlan, before: dict[str, int]) -> int:
     """Parameters the plan's vocabulary cut removes (the embedding rows, and the untied LM head's)."""
     if plan.vocab is None:
@@ -186,9 +216,44 @@ def source_hash(model: nn.Module, model_dir: Path | None) -> dict[str, str]:
     return {"kind": "state_dict_sha256", "sha256": state_dict_sha256(model)}
 
 
+class CutHooks(Protocol):
+    """What a policy family (``vlatrim.families``) tells the surgery: couplings between block lists,
+    cuts its architecture cannot express, its own config fields after a cut, and how it saves."""
+
+    name: str
+
+    def couplings(self, model: nn.Module, handle: Any) -> list[Coupling]: ...
+
+    def check_cut(self, model: nn.Module, handle: Any, drops: dict[str, list[int]]) -> None: ...
+
+    def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None: ...
+
+    def save(self, model: nn.Module, out: Path) -> None: ...
+
+
+def couple(plan: PrunePlan, model: nn.Module, handle: Any, hooks: CutHooks | None) -> PrunePlan:
+    """``plan`` with every block removal its couplings force (e.g. SmolVLA's expert layer i goes with VLM
+    layer i), checked by the family. Returns ``plan`` itself when nothing is coupled."""
+    if hooks is None:
+        return plan
+    drops = {handle.blocks_path: plan.drop_blocks, **plan.pathway_drops}
+    couplings = hooks.couplings(model, handle)
+    closed = close_over_couplings(drops, couplings)
+    hooks.check_cut(model, handle, closed)
+    if closed == {k: v for k, v in drops.items() if v}:
+        return plan
+    out = dataclasses.replace(plan, drop_blocks=closed.pop(handle.blocks_path, []), pathway_drops=closed,
+                              notes={**plan.notes, "couplings": [c.to_json() for c in couplings]})
+    out.methods = plan.methods + ["couplings"]
+    return out
+
+
 def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, before: dict[str, int], out: str | Path,
-            model_dir: Path | None = None) -> dict[str, Any]:
-    """Cut ``model`` by ``plan``, save it to ``out`` with prune.json, and return the prune.json content."""
+            model_dir: Path | None = None, hooks: CutHooks | None = None) -> dict[str, Any]:
+    """Cut ``model`` by ``plan``, save it to ``out`` with prune.json, and return the prune.json content.
+
+    With ``hooks`` (the model's policy family) the family fixes its own config after the cut and saves
+    the model; without, the model's own ``save_pretrained`` does."""
     src = source_hash(model, model_dir)  # before the cut: the hash names the source model
     t0 = time.perf_counter()
     old_tok = None
@@ -200,6 +265,8 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
         result = apply_plan(model, plan, handle, locate=lambda m: locate_backbone(m, req.blocks_path))
     else:
         result = apply_plan(model, plan, handle)
+    if hooks is not None:
+        hooks.after_cut(result.model, result.kept_by_path)
     tokenizer_kind = None
     if result.remap is not None and old_tok is not None:
         new_tok = rewrite_wordpiece(old_tok, result.remap)
@@ -218,6 +285,8 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
         "request": {k: v for k, v in dataclasses.asdict(req).items() if v not in (None, False)},
         "plan": plan.to_json(),
         "kept_blocks": result.kept_blocks,
+        **({"kept_by_path": result.kept_by_path} if plan.pathway_drops else {}),
+        **({"family": hooks.name} if hooks is not None else {}),
         "params": {"before": before, "after": after,
                    "backbone_ratio_removed": 1.0 - after["backbone"] / before["backbone"]},
         "widths": result.widths,
@@ -230,7 +299,7 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
                   if result.remap is not None else None),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    save_pruned(result, out, report, source_dir=model_dir)
+    save_pruned(result, out, report, source_dir=model_dir, save_model=hooks.save if hooks is not None else None)
     return report
 
 

@@ -8,6 +8,7 @@ stats), ``vocab_map.json`` when the vocabulary was cut, and ``prune.json``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from vlatrim.errors import VlatrimError
-from vlatrim.models.adapters.load import VLATRIM_MODEL_TYPES, load_model
+from vlatrim.models.adapters.load import VLATRIM_MODEL_TYPES
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.surgery import WIDTHS_KEY, SurgeryResult, _cut_block_width, _locate
 from vlatrim.prune.vocab import RemappedTokenizer, TokenRemap
@@ -37,7 +38,8 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], source_dir: str | Path | None = None) -> Path:
+def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], source_dir: str | Path | None = None,
+                save_model: Callable[[nn.Module, Path], None] | None = None) -> Path:
     """Write the pruned model, its side files and ``prune.json`` into ``out`` atomically.
 
     Args:
@@ -45,6 +47,8 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
         out: output directory; it must not exist.
         report: the prune.json content (plan, parameters, source hash), written as is.
         source_dir: the source checkpoint directory, whose non-weight files are copied along.
+        save_model: how the model writes itself (a policy family's ``save``); default: its own
+            ``save_pretrained``.
     Returns:
         ``out``.
     """
@@ -54,7 +58,10 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
             for f in sorted(Path(source_dir).iterdir()):
                 if f.is_file() and f.name != "config.json" and f.name != PRUNE_JSON and not f.name.endswith(_WEIGHT_SUFFIXES):
                     shutil.copy2(f, tmp / f.name)
-        _save_model(result, tmp)
+        if save_model is not None:
+            save_model(result.model, tmp)
+        else:
+            _save_model(result, tmp)
         if result.tokenizer is not None and not hasattr(result.model, "tokenizer"):
             result.tokenizer.save_pretrained(tmp)  # replaces the copied tokenizer files
         if result.remap is not None:
@@ -148,7 +155,10 @@ def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callabl
     path = Path(path)
     cfg_json = read_json(path / "config.json", "model config")
     if model_cls is None and cfg_json.get("model_type") in VLATRIM_MODEL_TYPES:
-        return load_model(path)[0].eval()  # the reference VLA: its own from_pretrained
+        # The reference VLA: its own from_pretrained, told how to narrow blocks of recorded widths.
+        mod_name, cls_name = VLATRIM_MODEL_TYPES[cfg_json["model_type"]]
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+        return cls.from_pretrained(path, narrow=lambda m: narrow_to_recorded_widths(m, locate)).eval()
     cls = model_cls or _model_class(cfg_json)
     text_json = cfg_json.get("text_config") if isinstance(cfg_json.get("text_config"), dict) else {}
     if WIDTHS_KEY not in cfg_json and WIDTHS_KEY not in text_json:

@@ -39,11 +39,18 @@ class SurgeryResult:
     remap: TokenRemap | None = None  # token-id mapping when the vocabulary was cut
     plain_reload: bool = True  # the model's own from_pretrained rebuilds these shapes
     widths: dict[str, list[int]] = field(default_factory=dict)  # per-block num_heads / num_kv_heads / intermediate_size
+    kept_by_path: dict[str, list[int]] = field(default_factory=dict)  # every cut block list -> original indices kept
     tokenizer: Any = None  # after a vocabulary cut: a rewritten tokenizer speaking the new ids (WordPiece), else None
 
 
 def validate_plan(handle: Any, plan: PrunePlan) -> None:
     """Refuse a plan that cannot be carried out, before anything is cut (one-line VlatrimError)."""
+    others = _other_block_lists(handle)
+    for path, drop in plan.pathway_drops.items():
+        if path not in others:
+            raise VlatrimError(f"block list {path!r} is not a vision or action block list of this model; valid: "
+                               f"{', '.join(sorted(others)) or '(none)'}")
+        check_drop(drop, len(others[path]), f"{path} blocks")
     from vlatrim.prune.gqa import kv_heads_for
 
     n = handle.num_blocks
@@ -211,6 +218,27 @@ def write_width_config(handle: Any, before: dict[str, Any]) -> tuple[bool, dict[
     return plain, widths
 
 
+def _other_block_lists(handle: Any) -> dict[str, Any]:
+    return {bl.path: bl for bl in [*handle.vision, *handle.action]}
+
+
+def _cut_pathway_depth(model: nn.Module, path: str, drop: list[int]) -> list[int]:
+    """Remove blocks of a vision / action block list; the nearest enclosing transformers config that
+    counts exactly these blocks (``num_hidden_layers``) is made true (a policy family fixes its own
+    fields in ``after_cut``). Returns the original indices kept."""
+    blocks = model.get_submodule(path)
+    n = len(blocks)
+    configs = []
+    parts = path.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        owner = model.get_submodule(".".join(parts[:i])) if i else model
+        cfg = getattr(owner, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict") and getattr(cfg, "num_hidden_layers", None) == n:
+            configs.append(cfg)
+            break
+    return remove_blocks(blocks, configs, drop)
+
+
 def apply_plan(model: nn.Module, plan: PrunePlan, handle: Any | None = None,
                locate: Callable[[nn.Module], Any] = _locate) -> SurgeryResult:
     """Cut ``model`` in place as ``plan`` says: widths first (indices refer to the original blocks),
@@ -234,6 +262,9 @@ def apply_plan(model: nn.Module, plan: PrunePlan, handle: Any | None = None,
         if b not in dropped:  # no point cutting a block that goes
             _cut_block_width(h, b, plan)
     kept = remove_blocks(h.blocks, [cfg], plan.drop_blocks) if plan.drop_blocks else list(range(h.num_blocks))
+    kept_by_path = {h.blocks_path: kept}
+    for path, drop in sorted(plan.pathway_drops.items()):
+        kept_by_path[path] = _cut_pathway_depth(model, path, drop)
     remap = None
     if plan.vocab is not None:
         emb = model.get_submodule(h.embedding_path)
@@ -244,4 +275,5 @@ def apply_plan(model: nn.Module, plan: PrunePlan, handle: Any | None = None,
         model = h.owner  # the base model: blocks, embeddings and final norm, no head
     h = locate(model)
     plain, widths = write_width_config(h, before)
-    return SurgeryResult(model=model, handle=h, kept_blocks=kept, remap=remap, plain_reload=plain, widths=widths)
+    return SurgeryResult(model=model, handle=h, kept_blocks=kept, remap=remap, plain_reload=plain, widths=widths,
+                         kept_by_path=kept_by_path)

@@ -44,7 +44,7 @@ def closed_loop_eval(policy_dir: Path, tasks: list[str], episodes: int, max_step
         "episodes": per task}``.
     """
     mod = _module("vlatrim.sim.evaluate", "closed-loop evaluation")
-    from vlatrim.sim.policy import load_policy
+    from vlatrim.families import load_policy
 
     policy = load_policy(str(policy_dir), device=device)
     cfg = mod.EvalConfig(tasks=list(tasks), episodes=episodes, workers=workers, max_steps=max_steps, seed=seed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,8 @@ from vlatrim.train.data import ChunkDataset
 
 @torch.no_grad()
 def offline_action_error(model, dataset: ChunkDataset, batch_size: int = 256,
-                         device: str | torch.device | None = None) -> dict[str, Any]:
+                         device: str | torch.device | None = None,
+                         predict: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None) -> dict[str, Any]:
     """L1 and MSE between predicted and demonstrated action chunks, in environment action units.
 
     Only chunk steps inside their episode count (the padding mask). Errors are averaged over samples
@@ -23,16 +25,19 @@ def offline_action_error(model, dataset: ChunkDataset, batch_size: int = 256,
         dataset: held-out samples.
         batch_size: inference batch size.
         device: where to run (default: the model's device).
+        predict: batch -> action chunks (B, T, A) in environment units on the CPU (default:
+            ``model.predict_from_batch``; other families pass their ``predict_batch``).
 
     Returns:
         ``{"l1", "mse", "l1_per_dim", "mse_per_dim", "l1_per_step", "samples", "episodes"}``.
     """
     device = device or next(model.parameters()).device
+    predict = predict or model.predict_from_batch
     abs_sum = sq_sum = step_abs = step_n = None
     n_valid = 0.0
     for start in range(0, len(dataset), batch_size):
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
-        pred = model.predict_from_batch({k: v.to(device) for k, v in batch.items()})  # (B, T, A)
+        pred = predict({k: v.to(device) for k, v in batch.items()})  # (B, T, A)
         err = pred - batch["action"]
         m = batch["action_mask"].float().unsqueeze(-1)  # (B, T, 1)
         a, s = (err.abs() * m).sum((0, 1)), (err.square() * m).sum((0, 1))  # (A,)
@@ -47,7 +52,7 @@ def offline_action_error(model, dataset: ChunkDataset, batch_size: int = 256,
         "l1": float(l1_dim.mean()), "mse": float(mse_dim.mean()),
         "l1_per_dim": l1_dim.tolist(), "mse_per_dim": mse_dim.tolist(),
         "l1_per_step": (step_abs / step_n.clamp_min(1)).tolist(),
-        "samples": len(dataset), "episodes": list(dataset.episodes),
+        "samples": len(dataset), "episodes": list(getattr(dataset, "episodes", [])),
         "units": "environment action units",
     }
 

@@ -137,13 +137,16 @@ def summary_text(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def inspect_model(model_path: str, out: str, blocks_path: str | None = None) -> tuple[dict[str, Any], str]:
+def inspect_model(model_path: str, out: str, blocks_path: str | None = None,
+                  loaded: tuple[Any, str] | None = None) -> tuple[dict[str, Any], str]:
     """Open ``model_path``, locate its backbone and write ``inspect.json`` + ``summary.txt`` into ``out``.
 
     Args:
         model_path: vlatrim checkpoint dir, transformers model dir, or transformers config JSON.
         out: output directory (must not exist; written atomically).
         blocks_path: override for the backbone's block list (see ``locate_backbone``).
+        loaded: (model, kind) when the caller already opened it (``vlatrim inspect`` opens checkpoints
+            with weights through their policy family; kind is then the family's name).
 
     Returns:
         (the inspect.json content, the summary text).
@@ -152,7 +155,7 @@ def inspect_model(model_path: str, out: str, blocks_path: str | None = None) -> 
     from vlatrim.models.adapters.locate import locate_backbone
     from vlatrim.utils.io import atomic_dir, write_json_atomic
 
-    model, kind = load_model(model_path)
+    model, kind = loaded if loaded is not None else load_model(model_path)
     info = {"source": {"path": str(model_path), "kind": kind}, **describe(locate_backbone(model, blocks_path))}
     text = summary_text(info)
     with atomic_dir(out) as tmp:

@@ -14,7 +14,7 @@ and decodes the whole chunk in one pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,17 @@ class ReferenceVLA(nn.Module):
                                 write_extra=lambda d: self.tokenizer.save_pretrained(str(d / TOKENIZER_DIR)))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceVLA:
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        narrow: Callable[[nn.Module], Any] | None = None) -> ReferenceVLA:
         """Load a checkpoint written by ``save_pretrained`` (no pickle, no download, no remote code).
+
+        Args:
+            path: checkpoint directory.
+            device: where the model goes.
+            narrow: for a checkpoint whose backbone blocks were cut to different widths (its backbone
+                config records ``vlatrim_block_widths``), the function that cuts the freshly built
+                blocks to those widths before the weights load: ``vlatrim.prune.narrow_to_recorded_widths``
+                (``vlatrim.prune.load_pruned`` passes it).
 
         Returns the model in eval mode on ``device``. Missing or corrupted files raise VlatrimError.
         """
@@ -126,9 +135,10 @@ class ReferenceVLA(nn.Module):
         if PER_BLOCK_WIDTHS_KEY in raw["backbone"]:
             # Blocks cut to different widths: a transformers config cannot express them, so the pruning
             # surgery records them and cuts the freshly built blocks to match before the weights load.
-            from vlatrim.prune import narrow_to_recorded_widths
-
-            narrow_to_recorded_widths(model)
+            if narrow is None:
+                raise VlatrimError(f"checkpoint {str(path)!r} has blocks of different widths; load it with "
+                                   "vlatrim.prune.load_pruned")
+            narrow(model)
         load_weights(path, model, device="cpu")
         model.set_normalization(read_json(path / NORMALIZATION_FILE, what="normalization statistics"))
         return model.to(device).eval()

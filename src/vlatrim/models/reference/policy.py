@@ -1,16 +1,14 @@
-"""The reference VLA as a closed-loop policy (``vlatrim.sim.policy`` contract)."""
+"""The reference VLA as a closed-loop policy (``vlatrim.sim.policy`` contract); its family
+(``vlatrim.families.reference``) hands it to the evaluator."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import torch
 
-from vlatrim.models.reference.config import MODEL_TYPE
 from vlatrim.models.reference.model import ReferenceVLA
-from vlatrim.sim.policy import POLICY_LOADERS
 
 
 class ReferenceVLAPolicy:
@@ -36,13 +34,3 @@ class ReferenceVLAPolicy:
         -> float32 (B, T, 4) in the environment's action space, clipped to [-1, 1]."""
         chunk = self.model.predict_action(obs["image"], obs["state"], list(obs["instruction"]))
         return np.clip(chunk.numpy(), -1.0, 1.0).astype(np.float32)
-
-
-@POLICY_LOADERS.register(MODEL_TYPE)
-def load_reference_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReferenceVLAPolicy:
-    """A policy from a reference VLA checkpoint or ``vlatrim train`` run directory.
-
-    Registered in ``vlatrim.sim.policy.POLICY_LOADERS`` under ``vlatrim_vla`` (``vlatrim eval --policy DIR``).
-    """
-    return ReferenceVLAPolicy(ReferenceVLA.from_pretrained(path, device=device), device=device)
-

@@ -30,6 +30,7 @@ class RecoveryMethod:
 
     Args:
         settings: the run's recovery settings.
+        family: the model's policy family (``vlatrim.families``), whose ``loss`` is the task loss.
     """
 
     name: ClassVar[str]
@@ -41,8 +42,9 @@ class RecoveryMethod:
         if not isinstance(cls.__dict__.get("name"), str) or not cls.__dict__["name"]:
             raise TypeError(f"recovery method {cls.__name__} must set a class attribute 'name'")
 
-    def __init__(self, settings: RecoverySettings) -> None:
+    def __init__(self, settings: RecoverySettings, family: Any = None) -> None:
         self.settings = settings
+        self.family = family
 
     def attach_teacher(self, teacher: nn.Module, student: nn.Module, kept_blocks: list[int] | None) -> None:
         """Take the teacher (only methods with ``needs_teacher``); checks compatibility before training."""
@@ -53,8 +55,8 @@ class RecoveryMethod:
         return student
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        """The loop's objective: ``{"loss": scalar, ...}`` (default: the student's action loss)."""
-        return model(batch)
+        """The loop's objective: ``{"loss": scalar, ...}`` (default: the family's task loss)."""
+        return self.family.loss(model, batch) if self.family is not None else model(batch)
 
     def finalize(self, model: nn.Module) -> nn.Module:
         """The plain model to save after training (default: as trained)."""

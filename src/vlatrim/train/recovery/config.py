@@ -32,15 +32,17 @@ class LoraSettings:
     targets: tuple[str, ...] = ("all-linear",)
     """Linear modules to adapt: ``all-linear`` (every nn.Linear under ``scope``) or module names matched
     as a suffix of the dotted path (``q_proj``, ``self_attn.v_proj``, ``attention.self.query``)."""
-    scope: str = "backbone"
-    """Dotted module path under which targets are searched (``backbone`` = the language backbone; empty:
-    the whole VLA, vision encoder and action head included)."""
-    train_also: tuple[str, ...] = ("head", "action_queries")
-    """Parameters trained in full next to the adapters, by name prefix (the action head and the action
-    queries are small and sit right after the cut, as in OpenVLA-OFT's LoRA recipe); empty: adapters only."""
+    scope: str | None = None
+    """Dotted module path under which targets are searched (empty: the whole model). None: the model's
+    policy family decides (the reference VLA: ``backbone``, its language backbone)."""
+    train_also: tuple[str, ...] | None = None
+    """Parameters trained in full next to the adapters, by name prefix; empty: adapters only. None: the
+    family decides (the reference VLA: ``head`` and ``action_queries``, small and right after the cut, as
+    in OpenVLA-OFT's LoRA recipe)."""
 
     def __post_init__(self) -> None:
-        self.targets, self.train_also = tuple(self.targets), tuple(self.train_also)
+        self.targets = tuple(self.targets)
+        self.train_also = tuple(self.train_also) if self.train_also is not None else None
         _positive("LoRA rank", self.rank, integer=True)
         _positive("LoRA alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:

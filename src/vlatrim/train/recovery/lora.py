@@ -31,7 +31,7 @@ def resolve_lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
     Raises:
         VlatrimError: the scope does not exist or holds no linear layer, or a target matches nothing.
     """
-    scope = settings.scope.strip(".")
+    scope = _defaults(model, settings)[0].strip(".")
     if scope:
         try:
             model.get_submodule(scope)
@@ -55,6 +55,17 @@ def resolve_lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
                                f"valid names: {', '.join(leaves)} (or all-linear)")
         chosen.update(hit)
     return sorted(chosen)
+
+
+def _defaults(model: nn.Module, settings: LoraSettings) -> tuple[str, tuple[str, ...]]:
+    """(scope, train_also) of ``settings``, each None taken from the model's policy family."""
+    if settings.scope is not None and settings.train_also is not None:
+        return settings.scope, settings.train_also
+    from vlatrim.families import family_for_model
+
+    scope, also = family_for_model(model).lora_defaults(model)
+    return (settings.scope if settings.scope is not None else scope,
+            settings.train_also if settings.train_also is not None else also)
 
 
 def _match_prefixes(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
@@ -82,7 +93,7 @@ class LoraRecovery(RecoveryMethod):
 
         s = self.settings.lora
         targets = resolve_lora_targets(student, s)
-        also = _match_prefixes(student, s.train_also)  # resolved before wrapping: errors name the model's paths
+        also = _match_prefixes(student, _defaults(student, s)[1])  # resolved before wrapping: errors name the model's paths
         # Full paths match exactly (peft compares a module's path to each target, or its "."-suffix).
         cfg = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets, bias="none")
         model = get_peft_model(student, cfg)  # freezes every non-adapter parameter

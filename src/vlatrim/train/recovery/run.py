@@ -16,6 +16,7 @@ once the run finished.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -26,9 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from vlatrim.data.frames import ChunkDataset
 from vlatrim.errors import VlatrimError
+from vlatrim.families import FAMILIES, PolicyFamily, family_of
 from vlatrim.train.config import TrainerConfig
-from vlatrim.train.data import ChunkDataset, DemoFrames, split_episodes
 from vlatrim.train.recovery.base import RECOVERY_METHODS, load_trainable, save_trainable
 from vlatrim.train.recovery.config import RecoverySettings
 from vlatrim.train.trainer import Trainer
@@ -54,19 +56,16 @@ def recovery_trainer_config(method: str, **overrides: Any) -> TrainerConfig:
     return TrainerConfig.from_dict(cfg)
 
 
-def load_vla(path: str | Path, what: str) -> nn.Module:
-    """A reference-VLA checkpoint, pruned or not, through the documented loader (``load_pruned``)."""
-    from vlatrim.models.reference import ReferenceVLA
-    from vlatrim.prune import load_pruned
-
+def load_recoverable(path: str | Path, what: str) -> tuple[PolicyFamily, nn.Module]:
+    """(family, model) for a checkpoint directory, pruned or not, whose family trains policies."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise VlatrimError(f"{what} {str(path)!r} is not a checkpoint directory (no config.json)")
-    model = load_pruned(path)
-    if not isinstance(model, ReferenceVLA):
-        raise VlatrimError(f"{what} {str(path)!r} is a {type(model).__name__}; recovery trains VLAs that compute an "
-                           "action loss (the reference VLA, model_type vlatrim_vla)")
-    return model
+    family = family_of(path)
+    if not family.trains_policies:
+        raise VlatrimError(f"{what} {str(path)!r} is a {family.name} model; recovery trains policies that compute an "
+                           f"action loss (families: {', '.join(n for n in FAMILIES.in_order() if FAMILIES.get(n).trains_policies)})")
+    return family, family.load(path)
 
 
 class TeacherTokens(Dataset):
@@ -106,12 +105,12 @@ def _check_resume(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
 
 
 def recover(model: str | Path, data: str | Path, out: str | Path, settings: RecoverySettings | None = None,
-            trainer: TrainerConfig | None = None, teacher: str | Path | None = None, resume: bool = False,
-            load_frames: Callable[[Path], DemoFrames] | None = None) -> dict[str, Any]:
-    """Fine-tune a (pruned) reference VLA on a demonstration dataset and write ``recover.json``.
+            trainer: TrainerConfig | None = None, teacher: str | Path | None = None,
+            resume: bool = False) -> dict[str, Any]:
+    """Fine-tune a (pruned) policy on a demonstration dataset with its family's loss; write ``recover.json``.
 
     Args:
-        model: the checkpoint to recover (``vlatrim prune`` output, or any reference-VLA checkpoint).
+        model: the checkpoint to recover (``vlatrim prune`` output, or any checkpoint of a policy family).
         data: LeRobotDataset v3 directory.
         out: run directory: new and empty, or an interrupted run's with ``resume``.
         settings: method and its settings (default: full fine-tuning).
@@ -119,7 +118,6 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
         teacher: the unpruned model, for ``distill``.
         resume: continue the run in ``out`` from its newest checkpoint; the models (by content hash),
             data and settings must be the run's.
-        load_frames: dataset reader (default: ``vlatrim.train.data.read_demo_frames``).
 
     Returns:
         The ``recover.json`` summary (empty on non-main processes of a distributed run).
@@ -129,19 +127,27 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
             a non-finite loss during training (the last good checkpoint is kept).
     """
     settings = settings or RecoverySettings()
-    method = RECOVERY_METHODS.get(settings.method)(settings)
     trainer = trainer or recovery_trainer_config(settings.method)
     model_dir, data, out = Path(model), Path(data), Path(out)
-    if method.needs_teacher and teacher is None:
+    if RECOVERY_METHODS.get(settings.method).needs_teacher and teacher is None:
         raise VlatrimError(f"method {settings.method!r} needs --teacher (the unpruned model the student was cut from)")
-    if teacher is not None and not method.needs_teacher:
+    if teacher is not None and not RECOVERY_METHODS.get(settings.method).needs_teacher:
         raise VlatrimError(f"--teacher is only used by --method distill, not {settings.method!r}")
     if not resume and out.is_dir() and any(out.iterdir()):
         raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
     if resume and not (out / RUN_CONFIG).is_file():
         raise VlatrimError(f"cannot resume: {str(out)!r} holds no {RUN_CONFIG} (not a vlatrim recover run)")
 
-    student = load_vla(model_dir, "--model")
+    family, student = load_recoverable(model_dir, "--model")
+    if settings.method not in family.recovery_methods:
+        raise VlatrimError(f"--method {settings.method} does not apply to a {family.name} model; valid: "
+                           f"{', '.join(family.recovery_methods) or '(none)'}")
+    if settings.method == "lora":
+        scope, also = family.lora_defaults(student)
+        settings = dataclasses.replace(settings, lora=dataclasses.replace(
+            settings.lora, scope=scope if settings.lora.scope is None else settings.lora.scope,
+            train_also=also if settings.lora.train_also is None else settings.lora.train_also))
+    method = RECOVERY_METHODS.get(settings.method)(settings, family)
     prune_info = read_json(model_dir / PRUNE_JSON, "prune.json") if (model_dir / PRUNE_JSON).is_file() else None
     wanted: dict[str, Any] = {
         "source": {"path": str(model_dir.resolve()), "sha256": dir_sha256(model_dir)},
@@ -150,31 +156,27 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
     }
     teacher_model = None
     if teacher is not None:
-        teacher_model = load_vla(teacher, "--teacher")
+        t_family, teacher_model = load_recoverable(teacher, "--teacher")
+        if t_family is not family:
+            raise VlatrimError(f"--teacher is a {t_family.name} model and --model a {family.name} model; distil from "
+                               "the model the student was pruned from")
         wanted["teacher"] = {"path": str(Path(teacher).resolve()), "sha256": dir_sha256(teacher)}
         method.attach_teacher(teacher_model, student, prune_info.get("kept_blocks") if prune_info else None)
     if resume:
         _check_resume(read_json(out / RUN_CONFIG, "run config"), wanted)
 
-    if load_frames is None:
-        from vlatrim.train.data import read_demo_frames as load_frames
-    frames = load_frames(data)
-    cfg = student.config
-    if frames.image_size != cfg.image_size:
-        raise VlatrimError(f"dataset images are {frames.image_size} px; the model takes {cfg.image_size} px")
-    if frames.actions.shape[1] != cfg.action_dim or frames.states.shape[1] != cfg.state_dim:
-        raise VlatrimError(f"dataset has {frames.states.shape[1]}-d states and {frames.actions.shape[1]}-d actions; "
-                           f"the model takes {cfg.state_dim}-d and {cfg.action_dim}-d")
-    train_eps, val_eps = split_episodes(frames, settings.val_fraction)
-    train_set: Dataset = ChunkDataset(frames, train_eps, cfg.chunk_size, student.tokenize)
-    if teacher_model is not None and _tokens_differ(student, teacher_model, list(frames.instructions.values())):
+    train_samples = family.dataset(student, data, "train", settings.val_fraction)
+    val_samples = family.dataset(student, data, "held_out", settings.val_fraction)
+    train_set: Dataset = train_samples.data
+    if teacher_model is not None and isinstance(train_set, ChunkDataset) and \
+            _tokens_differ(student, teacher_model, train_samples.instructions):
         train_set = TeacherTokens(train_set, teacher_model.tokenize)
 
     seed_everything(trainer.seed)  # LoRA initialisation draws from torch's RNG
     if settings.gradient_checkpointing:
-        student.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        family.handle(student).owner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params_total = sum(p.numel() for p in student.parameters())
-    seq_len = _sequence_length(student, train_set)
+    seq_len = family.sequence_length(student, train_set.__getitems__([0]))
     trained = method.prepare(student)
     params_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     if not params_trainable:
@@ -197,11 +199,14 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
         "teacher": wanted["teacher"],
         "pruned": ({"kept_blocks": prune_info.get("kept_blocks"), "source": prune_info.get("source")}
                    if prune_info else None),
-        "data": {"path": wanted["data"], "frames": int(len(frames.images)), "train_episodes": len(train_eps),
-                 "held_out_episodes": len(val_eps), "train_samples": len(train_set)},
+        "family": family.name,
+        "data": {"path": wanted["data"], "frames": train_samples.description.get("frames"),
+                 "train_episodes": train_samples.description.get("num_episodes"),
+                 "held_out_episodes": val_samples.description.get("num_episodes"), "train_samples": len(train_set)},
         "budget": {"steps": trainer.steps, "batch_size": trainer.batch_size,
                    "samples": trainer.steps * trainer.batch_size,
-                   "sequence_length": seq_len, "tokens": trainer.steps * trainer.batch_size * seq_len,
+                   "sequence_length": seq_len,
+                   "tokens": trainer.steps * trainer.batch_size * seq_len if seq_len is not None else None,
                    "epochs": trainer.steps * trainer.batch_size / len(train_set),
                    "lr": trainer.lr, "processes": loop.accelerator.num_processes,
                    "wall_s_this_call": round(wall, 3), "steps_this_call": result.step - result.resumed_from,
@@ -215,24 +220,18 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
         "mixed_precision": loop.accelerator.mixed_precision,
         "final_log": result.last_log,
     }
-    if val_eps:
+    if len(val_samples.data):
         from vlatrim.train.evaluate import offline_action_error
 
-        summary["held_out"] = offline_action_error(final, ChunkDataset(frames, val_eps, cfg.chunk_size, final.tokenize))
+        # Samples of the final model: after a LoRA merge or a vocabulary cut its tokenizer is the one to use.
+        held = family.dataset(final, data, "held_out", settings.val_fraction).data
+        summary["held_out"] = offline_action_error(final, held, predict=lambda b: family.predict_batch(final, b))
     for name in _CARRIED:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out / name)
-    final.save_pretrained(out)
+    family.save(final, out)
     write_json_atomic(out / SUMMARY, summary)
     return summary
 
 
-@torch.no_grad()
-def _sequence_length(model: nn.Module, data: Dataset) -> int:
-    """Backbone tokens per sample (image + state + instruction slots + action queries), from one pass."""
-    b = data.__getitems__([0])
-    h, out = model.encode(b["image"], b["state"], b["input_ids"], b["attention_mask"])
-    return int(out.last_hidden_state.shape[1])
-
-
-__all__ = ["recover", "recovery_trainer_config", "load_vla", "TeacherTokens", "RUN_CONFIG", "SUMMARY"]
+__all__ = ["recover", "recovery_trainer_config", "load_recoverable", "TeacherTokens", "RUN_CONFIG", "SUMMARY"]

@@ -1,0 +1,52 @@
+"""Policy families: one module per kind of VLA, registered by name (see ``base``).
+
+Built in: the reference VLA (``vlatrim_vla``) and plain transformers models (``transformers``).
+A package adds a family by registering it in a module named under the ``vlatrim.families``
+entry-point group (``[project.entry-points."vlatrim.families"] my_vla = "my_pkg.vlatrim_family"``),
+or a program by importing its own module before calling vlatrim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlatrim.errors import VlatrimError
+from vlatrim.families import reference as _reference  # noqa: F401  (registers vlatrim_vla)
+from vlatrim.families import transformers_lm as _transformers  # noqa: F401  (registers transformers)
+from vlatrim.families.base import (
+    ENTRY_POINT_GROUP,
+    FAMILIES,
+    LossInfo,
+    PolicyFamily,
+    SampleSet,
+    family_for_model,
+    family_of,
+    load,
+    load_plugins,
+    register_family,
+)
+
+
+def load_policy(spec: str, device: str = "cpu", seed: int = 0) -> Any:
+    """A closed-loop policy: a simulator built-in (``expert``, ``random``) or a checkpoint directory,
+    loaded by its family.
+
+    Raises:
+        VlatrimError: neither a built-in nor a checkpoint directory a family recognises, or a family
+            whose models are not policies.
+    """
+    from vlatrim.sim.policy import BUILTIN_POLICIES
+
+    if spec in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES.get(spec)(seed)
+    path = Path(spec)
+    if not path.is_dir():
+        raise VlatrimError(f"policy {spec!r} is neither a built-in ({', '.join(BUILTIN_POLICIES.names())}) nor a "
+                           "checkpoint directory")
+    fam = family_of(path)
+    return fam.policy(fam.load(path, device=device), device=device)
+
+
+__all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "LossInfo", "PolicyFamily", "SampleSet", "family_for_model", "family_of", "load",
+           "load_plugins", "load_policy", "register_family"]

@@ -1,0 +1,262 @@
+"""What a policy family is: everything the verbs need to know about one kind of VLA.
+
+A family is one class, registered by name in ``FAMILIES``, that answers for one kind of checkpoint
+(the reference VLA, a transformers text model, a LeRobot policy, your own model):
+
+- ``recognizes(path, config)``: is this checkpoint directory mine? (``config`` is its config.json)
+- ``load(path, device)`` / ``save(model, out)``: a checkpoint its own ecosystem reloads;
+- ``loss(model, batch)`` and ``loss_info(model)``: the training loss that analysis scores against and
+  recovery minimises, and its likelihood (for GateProbe's curvature);
+- ``dataset(model, data, split)``: samples from a LeRobot v3 dataset whose features match the model;
+- ``policy(model, device)``: a closed-loop policy (``vlatrim.sim.policy`` contract) with its
+  ``PolicyIO`` declaration, so a simulator backend can refuse a mismatch before any episode;
+- ``pathways(model)``: vision / language / action block lists; ``couplings(model)``: the cuts one
+  block list forces on another; ``check_cut`` / ``after_cut``: refuse what the architecture cannot
+  express, and keep the family's own config fields true after a cut;
+- ``recovery_methods`` and ``lora_defaults(model)``: which recovery methods apply and what LoRA adapts
+  and trains by default.
+
+Verbs never test for a concrete model class: they call ``family_of(path)`` and ask the family. Families
+register when their module is imported; ``vlatrim.families`` imports the built-in ones and any module
+named by an installed package under the ``vlatrim.families`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vlatrim.errors import VlatrimError
+from vlatrim.models.adapters import BackboneHandle, BlockList, locate_backbone
+from vlatrim.prune.plan import Coupling
+from vlatrim.registry import Registry
+
+Split = Literal["train", "held_out", "all"]
+LIKELIHOODS = ("nll", "l1", "mse")
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """How to read a family's loss (GateProbe's curvature depends on the likelihood behind it)."""
+
+    likelihood: str  # "nll" (cross-entropy), "l1" or "mse"
+    terms_per_sample: int  # independent terms averaged within one sample (T x A for an action chunk)
+    name: str  # what the loss is, for reports (e.g. "action l1", "flow-matching mse")
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood {self.likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
+
+
+class NoSamples(Dataset):
+    """The samples of an empty split (e.g. no held-out episodes)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        raise IndexError("this split holds no samples")
+
+
+@dataclass
+class SampleSet:
+    """Samples of one split of a dataset, as a family batches them.
+
+    ``data`` supports ``len()`` and ``__getitems__(indices) -> batch dict`` (the batch the family's
+    ``loss`` takes); ``instructions`` are the dataset's task texts; ``description`` goes into reports.
+    """
+
+    data: Dataset
+    instructions: list[str]
+    description: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific (e.g. the decoded frames)
+
+
+class PolicyFamily:
+    """Base class of policy families; subclasses set ``name`` and override what applies to them.
+
+    A subclass without a ``name`` is refused when it is defined. Methods that a family cannot offer
+    raise ``VlatrimError`` saying so (e.g. a text model has no closed-loop policy).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    recovery_methods: ClassVar[tuple[str, ...]] = ()  # --method values recovery accepts for this family
+    trains_policies: ClassVar[bool] = True  # False for families whose loss is not an action loss
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(cls.__dict__.get("name"), str) or not cls.__dict__["name"]:
+            raise TypeError(f"policy family {cls.__name__} must set a class attribute 'name'")
+
+    # ------------------------------------------------------------------ checkpoints
+    def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
+        """Whether the checkpoint directory ``path`` (whose config.json is ``config``) is this family's."""
+        raise NotImplementedError
+
+    def owns(self, model: nn.Module) -> bool:
+        """Whether an in-memory ``model`` is one of this family's (for library calls given a model, not a path)."""
+        return False
+
+    def load(self, path: Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> nn.Module:
+        """The model in eval mode on ``device``, pruned or not (no download; no remote code unless asked)."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, out: Path) -> None:
+        """Write ``model`` into the existing directory ``out`` so that ``load`` (and the family's own
+        ecosystem) reloads it exactly."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ loss and data
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """``{"loss": scalar, ...}`` on a batch from ``dataset``. The default calls ``model(batch)``, the
+        convention that lets the training loop wrap the model for DDP / FSDP."""
+        return model(batch)
+
+    def loss_info(self, model: nn.Module) -> LossInfo:
+        raise NotImplementedError
+
+    def dataset(self, model: nn.Module, data: Path, split: Split = "train", val_fraction: float = 0.1) -> SampleSet:
+        """Samples of ``split`` of the LeRobot v3 dataset ``data``; a dataset whose features do not match
+        the model raises ``VlatrimError`` naming both."""
+        raise NotImplementedError
+
+    def sequence_length(self, model: nn.Module, batch: dict[str, Any]) -> int | None:
+        """Tokens the backbone processes per sample (for the token budget in recover.json); None: unknown."""
+        return None
+
+    # ------------------------------------------------------------------ acting
+    def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Action chunks (B, T, A) in environment units, on the CPU, from a batch of ``dataset``
+        (offline action error on held-out episodes)."""
+        raise VlatrimError(f"a {self.name} model predicts no actions")
+
+    def policy(self, model: nn.Module, device: str | torch.device = "cpu") -> Any:
+        """A ``vlatrim.sim.policy.Policy`` (with an ``io`` declaration) that runs ``model`` in closed loop."""
+        raise VlatrimError(f"a {self.name} model is not a policy: it predicts no actions, so it cannot be evaluated "
+                           "in closed loop")
+
+    # ------------------------------------------------------------------ structure
+    def handle(self, model: nn.Module, blocks_path: str | None = None) -> BackboneHandle:
+        """Where the language backbone and the other pathways' blocks are (default: found by structure)."""
+        return locate_backbone(model, blocks_path)
+
+    def pathways(self, model: nn.Module, handle: BackboneHandle | None = None) -> dict[str, list[BlockList]]:
+        """Block lists by pathway: ``language``, ``vision``, ``action``."""
+        return (handle or self.handle(model)).pathways()
+
+    def couplings(self, model: nn.Module, handle: BackboneHandle) -> list[Coupling]:
+        """Cuts one block list forces on another (default: none, block lists are independent)."""
+        return []
+
+    def check_cut(self, model: nn.Module, handle: BackboneHandle, drops: dict[str, list[int]]) -> None:
+        """Refuse (``VlatrimError``) a set of block removals, keyed by block-list path, that the
+        architecture cannot express. Called after couplings were applied, before anything is cut."""
+
+    def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None:
+        """Make the family's own config fields true after blocks were removed (``kept``: original
+        indices kept, keyed by block-list path; the language backbone's transformers config is already
+        fixed by the surgery)."""
+
+    # ------------------------------------------------------------------ recovery
+    def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
+        """(module scope LoRA adapts by default, parameter prefixes trained in full beside the adapters)."""
+        return "", ()
+
+
+ENTRY_POINT_GROUP = "vlatrim.families"
+
+
+def load_plugins() -> list[str]:
+    """Import every module named under the ``vlatrim.families`` entry-point group (once each)."""
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            importlib.import_module(ep.value.split(":")[0])
+        except ImportError as e:
+            raise VlatrimError(f"policy family plug-in {ep.name!r} ({ep.value}) cannot be imported: {e}") from None
+        loaded.append(ep.name)
+    return loaded
+
+
+FAMILIES: Registry[PolicyFamily] = Registry("policy family")
+"""Registered family instances by name; ``family_of`` asks them in order of ``priority``."""
+
+
+def register_family(cls: type[PolicyFamily]) -> type[PolicyFamily]:
+    """Class decorator: register an instance of ``cls`` under ``cls.name``."""
+    FAMILIES.register(cls.name)(cls())
+    return cls
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json of a checkpoint directory, or VlatrimError naming what is missing or wrong."""
+    if not path.exists():
+        raise VlatrimError(f"model {str(path)!r} does not exist; give a checkpoint directory")
+    if not path.is_dir():
+        raise VlatrimError(f"model {str(path)!r} is not a directory; give a checkpoint directory (config.json + "
+                           "safetensors weights)")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise VlatrimError(f"checkpoint directory {str(path)!r} has no config.json")
+    try:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VlatrimError(f"{str(cfg)!r} is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(raw, dict):
+        raise VlatrimError(f"{str(cfg)!r} is not a JSON object")
+    return raw
+
+
+def family_of(path: str | Path, families: Sequence[str] | None = None) -> PolicyFamily:
+    """The family whose ``recognizes`` accepts the checkpoint directory ``path``.
+
+    Families are asked in registration order, the generic transformers family last.
+
+    Raises:
+        VlatrimError: no such directory, no config.json, or no family recognises it (the message
+            lists the registered families).
+    """
+    load_plugins()
+    path = Path(path)
+    raw = read_config(path)
+    names = list(families) if families is not None else _ordered_names()
+    for name in names:
+        fam = FAMILIES.get(name)
+        if fam.recognizes(path, raw):
+            return fam
+    kind = raw.get("model_type") or raw.get("type")
+    raise VlatrimError(f"no policy family recognises {str(path)!r} (config.json names {kind!r}); registered "
+                       f"families: {', '.join(_ordered_names())}")
+
+
+def _ordered_names() -> list[str]:
+    # The catch-all transformers family is asked last, so specific families win.
+    names = [n for n in FAMILIES.in_order() if n != "transformers"]
+    return names + (["transformers"] if "transformers" in FAMILIES else [])
+
+
+def family_for_model(model: nn.Module) -> PolicyFamily:
+    """The family that ``owns`` an in-memory model (the transformers family for any ``PreTrainedModel``)."""
+    load_plugins()
+    for name in _ordered_names():
+        if FAMILIES.get(name).owns(model):
+            return FAMILIES.get(name)
+    raise VlatrimError(f"no policy family owns a {type(model).__name__}; registered families: "
+                       f"{', '.join(_ordered_names())}")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu",
+         trust_remote_code: bool = False) -> tuple[PolicyFamily, nn.Module]:
+    """(family, model) for the checkpoint directory ``path``."""
+    fam = family_of(path)
+    return fam, fam.load(Path(path), device=device, trust_remote_code=trust_remote_code)

@@ -1,0 +1,91 @@
+"""The reference VLA (``model_type`` ``vlatrim_vla``) as a policy family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlatrim.data.frames import ChunkDataset, read_demo_frames, split_episodes
+from vlatrim.errors import VlatrimError
+from vlatrim.families.base import LossInfo, NoSamples, PolicyFamily, SampleSet, Split, register_family
+from vlatrim.models.reference.config import MODEL_TYPE
+
+
+@register_family
+class ReferenceFamily(PolicyFamily):
+    """vlatrim's own VLA: vision encoder -> projector -> transformers language backbone -> action head.
+
+    Loss: the action loss of its head (L1 / MSE on normalised actions, or 256-bin cross-entropy).
+    Data: image + 4-d state + instruction -> chunk of actions, from a LeRobot v3 dataset. Pruned
+    checkpoints with per-block widths load through ``vlatrim.prune.load_pruned``.
+    """
+
+    name = "vlatrim_vla"
+    description = "the reference VLA trained by `vlatrim train`"
+    recovery_methods = ("full", "lora", "distill")
+
+    def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
+        return config.get("model_type") == MODEL_TYPE
+
+    def owns(self, model: nn.Module) -> bool:
+        from vlatrim.models.reference import ReferenceVLA
+
+        return isinstance(model, ReferenceVLA)
+
+    def load(self, path: Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> nn.Module:
+        from vlatrim.prune import load_pruned
+
+        return load_pruned(path).to(device).eval()
+
+    def save(self, model: nn.Module, out: Path) -> None:
+        model.save_pretrained(out)
+
+    def loss_info(self, model: nn.Module) -> LossInfo:
+        cfg = model.config
+        terms = int(cfg.chunk_size) * int(cfg.action_dim)
+        if cfg.action_head == "discrete":
+            return LossInfo("nll", terms, "action cross-entropy")
+        kind = cfg.continuous_loss
+        return LossInfo("l1" if kind == "l1" else "mse", terms, f"action {kind}")
+
+    def dataset(self, model: nn.Module, data: Path, split: Split = "train", val_fraction: float = 0.1) -> SampleSet:
+        cfg = model.config
+        frames = read_demo_frames(data)
+        problems = []
+        if frames.image_size != cfg.image_size:
+            problems.append(f"images are {frames.image_size} px, the model takes {cfg.image_size} px")
+        if frames.states.shape[1] != cfg.state_dim:
+            problems.append(f"observation.state has {frames.states.shape[1]} dims, the model takes {cfg.state_dim}")
+        if frames.actions.shape[1] != cfg.action_dim:
+            problems.append(f"action has {frames.actions.shape[1]} dims, the model predicts {cfg.action_dim}")
+        if problems:
+            raise VlatrimError(f"dataset {str(data)!r} does not fit the model: " + "; ".join(problems))
+        train_eps, val_eps = split_episodes(frames, val_fraction)
+        episodes = {"train": train_eps, "held_out": val_eps, "all": train_eps + val_eps}[split]
+        samples = ChunkDataset(frames, episodes, cfg.chunk_size, model.tokenize) if episodes else NoSamples()
+        return SampleSet(samples,
+                         sorted(set(frames.instructions.values())),
+                         {"dataset": str(data), "split": split, "num_episodes": len(episodes), "frames": int(len(frames.images))},
+                         {"frames": frames, "train_episodes": train_eps, "held_out_episodes": val_eps})
+
+    def predict_batch(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Action chunks (B, T, A) in environment units from a batch of ``dataset``."""
+        return model.predict_from_batch(batch)
+
+    @torch.no_grad()
+    def sequence_length(self, model: nn.Module, batch: dict[str, Any]) -> int | None:
+        # Backbone tokens per sample: image + state + instruction slots + action queries, from one pass.
+        h, out = model.encode(batch["image"], batch["state"], batch["input_ids"], batch["attention_mask"])
+        return int(out.last_hidden_state.shape[1])
+
+    def policy(self, model: nn.Module, device: str | torch.device = "cpu") -> Any:
+        from vlatrim.models.reference.policy import ReferenceVLAPolicy
+
+        return ReferenceVLAPolicy(model, device=device)
+
+    def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
+        # Adapters on the language backbone; the small head and the action queries train in full.
+        return "backbone", ("head", "action_queries")
