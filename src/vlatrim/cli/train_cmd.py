@@ -41,7 +41,7 @@ class TrainCommand:
     """Steps between resumable checkpoints. Default: the preset's."""
     state: bool | None = None
     """Give the policy the proprioceptive state token (False: image and instruction only, as OpenVLA;
-    docs/training.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
+    docs/results.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
     keypoints: int | None = None
     """Spatial-softmax keypoints of the conv encoder, given to the backbone as one more image token
     (0: none). They locate small things finer than the coarse token grid. Default: the preset's."""
