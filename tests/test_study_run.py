@@ -69,12 +69,12 @@ def test_study_runs_every_available_stage(study) -> None:
     if "recover" in s["unavailable"]:  # a build without vlatrim.train.recovery
         assert not any(v["kind"] in ("recovered", "control") for v in s["variants"])
         assert any("Recovery fine-tuning did not run" in n for n in s["notes"])
-    else:  # the recovered pruned model and the unpruned control, same budget (tiny preset: 2 steps, full)
+    else:  # the recovered pruned model and the unpruned control, same budget (tiny preset: 2 steps at batch 8, full)
         rec, ctl = s["variants"][names.index("drop_one-drop1-full")], s["variants"][names.index("control-full")]
         assert rec["kind"] == "recovered" and rec["bench_of"] == "drop_one-drop1" and rec["blocks_kept"] == 1
         assert ctl["kind"] == "control" and ctl["blocks_kept"] == 2
         for v in (rec, ctl):
-            assert v["recover"]["budget"]["steps"] == 2 and v["recover"]["budget"]["samples"] == 8
+            assert v["recover"]["budget"]["steps"] == 2 and v["recover"]["budget"]["samples"] == 16
             assert v["offline_l1"] == pytest.approx(v["recover"]["held_out_l1"], rel=1e-5)  # same held-out episodes
         assert rec["params_total"] == drop["params_total"] and rec["latency_full_ms"] == drop["latency_full_ms"]
         for st in ("control/recovered-full", "variants/drop_one-drop1/recovered-full", "variants/drop_one-drop1/eval_recovered-full"):
@@ -135,7 +135,7 @@ def test_bad_settings_and_resume_mismatch(study, tmp_path, capsys) -> None:
     assert main(["study", "--out", str(out), "--preset", "tiny", "--data", data]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["study", "--out", str(out), "--preset", "tiny", "--data", data, "--resume", "--train-steps", "5"]) == 2
-    assert "train_steps=5 differs from the study's 4" in capsys.readouterr().err
+    assert "train_steps=5 differs from the study's 20" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "x"), "--preset", "tiny", "--data", data, "--ratios", "1.0"]) == 2
     assert "ratio 1.0 is not valid" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "y"), "--preset", "tiny", "--data", data, "--scorer", "head_taylor"]) == 2

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 from vlatrim.errors import VlatrimError
+from vlatrim.study.presets import study_preset_help
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlatrim.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="study directory (an unfinished one is resumed)")
-    parser.add_argument("--preset", default="demo", help="study preset (demo, quick, mt10, tiny)")
+    parser.add_argument("--preset", default="demo", help=study_preset_help())
     parser.add_argument("--data", default=None, help="use this LeRobot v3 dataset instead of generating demos")
     args = parser.parse_args(argv)
     from vlatrim.cli.study_cmd import summary_table

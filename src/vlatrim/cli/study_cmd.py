@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from vlatrim.cli.registry import COMMANDS
 from vlatrim.errors import VlatrimError
+from vlatrim.study.presets import study_preset_help
 
 
 def _items(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -30,8 +33,7 @@ class StudyCommand:
 
     out: str
     """Study directory (new or empty; or a previous study's with --resume)."""
-    preset: str = "demo"
-    """Starting settings: demo (CPU, ~15 min), quick (CPU, a few minutes), mt10 (GPU), tiny (smoke test)."""
+    preset: Annotated[str, tyro.conf.arg(help=study_preset_help())] = "demo"
     data: str | None = None
     """Use this LeRobot v3 dataset instead of generating Meta-World demonstrations."""
     tasks: tuple[str, ...] | None = None

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from vlatrim.cli.registry import COMMANDS
+from vlatrim.train.presets import train_preset_help
 
 
 @COMMANDS.register("train")
@@ -17,9 +20,7 @@ class TrainCommand:
     """LeRobotDataset v3 directory with images, state, actions and task instructions."""
     out: str
     """Run directory: new (or empty), or an interrupted run's with --resume."""
-    preset: str = "default"
-    """Starting settings: default, quick (CPU, minutes on 2 cores), mt10 (all ten MT10 tasks; ~90 min on
-    2 CPU cores), tiny (smoke test)."""
+    preset: Annotated[str, tyro.conf.arg(help=train_preset_help())] = "default"
     backbone: str | None = None
     """Language backbone: minilm (pretrained all-MiniLM-L6-v2), a preset (tiny-bert, tiny-llama, tiny-qwen2,
     llama-24, qwen2-24), a transformers config .json, or a local from_pretrained directory. Default: the preset's."""
@@ -35,12 +36,12 @@ class TrainCommand:
     """Where to train; auto picks CUDA when available (with bf16 autocast). Default: auto."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = None
     """Autocast precision: auto (bf16 on CUDA, fp32 on CPU), no, bf16 (also on CPUs with AVX512-BF16/AMX), fp16.
-    Default: the preset's (quick: bf16 where the CPU has it)."""
+    Default: the preset's (quick, mt10: bf16 where the CPU has it)."""
     checkpoint_every: int | None = None
     """Steps between resumable checkpoints. Default: the preset's."""
     state: bool | None = None
     """Give the policy the proprioceptive state token (False: image and instruction only, as OpenVLA;
-    docs/training.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
+    docs/results.md shows a state-fed policy that ignores its camera). Default: the preset's (all: True)."""
     keypoints: int | None = None
     """Spatial-softmax keypoints of the conv encoder, given to the backbone as one more image token
     (0: none). They locate small things finer than the coarse token grid. Default: the preset's."""
