@@ -157,9 +157,10 @@ class Analysis:
         Returns:
             ``{"block_scorer": name, "block": [...], "head": {b: [...]}, "channel": {b: [...]}}``.
         """
-        accepted = self.loss_unit_names()
-        valid = ", ".join(f"{u}: {'/'.join(n)}" for u, n in accepted.items())
-        if scorer is not None and scorer not in accepted["block"]:
+        names = self.loss_unit_names()
+        accepted = {u: "/".join(n) or "none known" for u, n in names.items()}
+        valid = ", ".join(f"{u}: {n}" for u, n in accepted.items())
+        if scorer is not None and scorer not in names["block"]:
             raise VlatrimError(f"--scorer {scorer!r} is not in loss units; --budget-units all accepts {valid}")
         found = {}
         for unit in LOSS_UNITS:
@@ -167,7 +168,7 @@ class Analysis:
             if unit == "block" and scorer is not None:
                 have = [scorer] if scorer in have else []
             if not have:
-                raise VlatrimError(f"--budget-units all needs {unit} scores in loss units ({'/'.join(accepted[unit])}) but "
+                raise VlatrimError(f"--budget-units all needs {unit} scores in loss units ({accepted[unit]}) but "
                                    f"{self.path!r} has none; valid scorers: {valid}")
             found[unit] = have[0]
         name, blocks = self.block_scores(handle, found["block"])
