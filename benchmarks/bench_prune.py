@@ -31,7 +31,9 @@ from vlatrim.bench.latency import measure_latency
 from vlatrim.bench.params import count_params
 from vlatrim.models.adapters import locate_backbone
 from vlatrim.prune import apply_plan
-from vlatrim.prune.methods import PRUNE_METHODS
+from vlatrim.prune.methods.heads import heads
+from vlatrim.prune.methods.keep_first import keep_first
+from vlatrim.prune.methods.mlp import mlp
 from vlatrim.utils.io import write_json_atomic
 
 BLOCKS = 8
@@ -70,14 +72,14 @@ def bench_shape(name: str, cls: type, cfg: object, seq: int, rounds: int, warmup
     for frac in (0.5, 0.75):
         m = copy.deepcopy(base)
         keep = BLOCKS - int(round(frac * BLOCKS))
-        res = apply_plan(m, PRUNE_METHODS.get("keep-first")(locate_backbone(m), keep))
+        res = apply_plan(m, keep_first(locate_backbone(m), keep))
         variants[f"{int(frac * 100)}%"] = res.model
     # Width, for comparison: half the heads (whole KV groups) and half the MLP channels in every block.
     m = copy.deepcopy(base)
     h = locate_backbone(m)
     att = h.layouts[0].attention
-    plan = PRUNE_METHODS.get("heads")(h, att.num_heads // 2, mode="kv" if att.num_kv_heads > 1 else "auto")
-    variants["width-50%"] = apply_plan(m, plan.merge(PRUNE_METHODS.get("mlp")(h, 0.5)), h).model
+    plan = heads(h, att.num_heads // 2, mode="kv" if att.num_kv_heads > 1 else "auto")
+    variants["width-50%"] = apply_plan(m, plan.merge(mlp(h, 0.5)), h).model
     info = {k: {"blocks": locate_backbone(m).num_blocks, "params": count_params(m), "flops": flops(m, ids)}
             for k, m in variants.items()}
     samples: dict[str, list[float]] = {k: [] for k in variants}

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+import vlatrim.bench.params
 from vlatrim.bench.latency import measure_latency
-from vlatrim.bench.params import count_params, params_by_component
 from vlatrim.models.adapters import locate_backbone
 from vlatrim.models.adapters.tiny import TINY_MODELS
+from vlatrim.models.params import count_params, params_by_component
 
 
 def test_count_params_counts_shared_tensors_once_and_excludes() -> None:
@@ -20,6 +21,14 @@ def test_count_params_counts_shared_tensors_once_and_excludes() -> None:
     assert count_params([emb, head]) == 50
     assert count_params(head, exclude=[emb]) == 10
     assert count_params(None) == 0 and count_params([None, emb]) == 40
+    # Parameter ids exclude too (what an inspection that tracks seen tensors passes).
+    assert count_params(head, exclude={id(head.bias)}) == 40 and count_params([emb, head], exclude=[None]) == 50
+
+
+def test_bench_counts_with_the_models_implementation() -> None:
+    # One implementation: bench re-exports vlatrim.models.params (prune imports it there, not from bench).
+    assert vlatrim.bench.params.count_params is count_params
+    assert vlatrim.bench.params.params_by_component is params_by_component
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma", "bert", "llava", "qwen2_vl"])

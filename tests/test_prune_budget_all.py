@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlatrim.bench.params import params_by_component
 from vlatrim.cli.main import main
 from vlatrim.models.adapters import locate_backbone
 from vlatrim.models.adapters.tiny import TINY_MODELS
+from vlatrim.models.params import params_by_component
 from vlatrim.prune import load_pruned
 from vlatrim.prune.api import PruneRequest, make_plan
 from vlatrim.prune.gqa import kv_heads_for

@@ -20,11 +20,17 @@ import pytest
 import torch
 from torch import nn
 
-from vlatrim.bench.params import count_params
 from vlatrim.models.adapters import locate_backbone
 from vlatrim.models.adapters.tiny import TINY_MODELS, VOCAB
+from vlatrim.models.params import count_params
 from vlatrim.prune import PrunePlan, apply_plan, load_pruned, save_pruned
-from vlatrim.prune.methods import PRUNE_METHODS
+from vlatrim.prune.methods.angular_span import angular_span
+from vlatrim.prune.methods.block_scores import by_scores
+from vlatrim.prune.methods.drop_blocks import drop_blocks
+from vlatrim.prune.methods.heads import heads
+from vlatrim.prune.methods.keep_first import keep_first
+from vlatrim.prune.methods.mlp import mlp
+from vlatrim.prune.methods.vocab import vocab
 
 ARCHS = TINY_MODELS.names()
 
@@ -42,18 +48,18 @@ def fresh(arch: str) -> nn.Module:
 # Method -> selector call on a located handle. All tiny models have 3 blocks, 4 query heads, 2 KV heads
 # (BERT: 4 and 4) and 48 or 64 MLP channels.
 METHODS: dict[str, Callable[[Any], PrunePlan]] = {
-    "drop-blocks": lambda h: PRUNE_METHODS.get("drop-blocks")(h, [1]),
-    "keep-first": lambda h: PRUNE_METHODS.get("keep-first")(h, 1),
-    "block-scores": lambda h: PRUNE_METHODS.get("block-scores")(h, [0.9, 0.1, 0.5], count=1),
-    "angular-span": lambda h: PRUNE_METHODS.get("angular-span")(h, {2: [0.4, 0.2]}, 2),
-    "heads-kv": lambda h: PRUNE_METHODS.get("heads")(h, 2, mode="kv"),
-    "heads-query": lambda h: PRUNE_METHODS.get("heads")(h, 2, mode="query"),
-    "heads-per-block": lambda h: PRUNE_METHODS.get("heads")(h, [4, 2, 2]),
-    "mlp": lambda h: PRUNE_METHODS.get("mlp")(h, 0.25),
-    "mlp-per-block": lambda h: PRUNE_METHODS.get("mlp")(h, [0.0, 0.25, 0.375]),
-    "vocab": lambda h: PRUNE_METHODS.get("vocab")(h, range(0, VOCAB, 2)),
-    "combined": lambda h: PRUNE_METHODS.get("drop-blocks")(h, [2]).merge(PRUNE_METHODS.get("heads")(h, 2))
-    .merge(PRUNE_METHODS.get("mlp")(h, 0.25)),
+    "drop-blocks": lambda h: drop_blocks(h, [1]),
+    "keep-first": lambda h: keep_first(h, 1),
+    "block-scores": lambda h: by_scores(h, [0.9, 0.1, 0.5], count=1),
+    "angular-span": lambda h: angular_span(h, {2: [0.4, 0.2]}, 2),
+    "heads-kv": lambda h: heads(h, 2, mode="kv"),
+    "heads-query": lambda h: heads(h, 2, mode="query"),
+    "heads-per-block": lambda h: heads(h, [4, 2, 2]),
+    "mlp": lambda h: mlp(h, 0.25),
+    "mlp-per-block": lambda h: mlp(h, [0.0, 0.25, 0.375]),
+    "vocab": lambda h: vocab(h, range(0, VOCAB, 2)),
+    "combined": lambda h: drop_blocks(h, [2]).merge(heads(h, 2))
+    .merge(mlp(h, 0.25)),
 }
 DEPTH = {"drop-blocks", "keep-first", "block-scores", "angular-span"}
 
@@ -210,9 +216,9 @@ def test_ratio_zero_is_identity(arch: str) -> None:
     ids = token_ids(h)
     ref, n_ref = run(model, ids), count_params(model)
     att = h.layouts[0].attention
-    plan = (PRUNE_METHODS.get("mlp")(h, 0.0)
-            .merge(PRUNE_METHODS.get("heads")(h, att.num_heads))
-            .merge(PRUNE_METHODS.get("block-scores")(h, [1.0, 2.0, 3.0], ratio=0.0, backbone_params=10**6)))
+    plan = (mlp(h, 0.0)
+            .merge(heads(h, att.num_heads))
+            .merge(by_scores(h, [1.0, 2.0, 3.0], ratio=0.0, backbone_params=10**6)))
     assert not plan.drop_blocks and not plan.heads and not plan.mlp
     result = apply_plan(model, plan, h)
     assert result.plain_reload
@@ -227,7 +233,7 @@ DECODERS = [a for a in ARCHS if a != "bert"]
 def test_generate_with_kv_cache_after_depth_pruning(arch: str) -> None:
     model = fresh(arch)
     h = locate_backbone(model)
-    result = apply_plan(model, PRUNE_METHODS.get("drop-blocks")(h, [0, 2]), h)
+    result = apply_plan(model, drop_blocks(h, [0, 2]), h)
     m = result.model
     ids = token_ids(h, n=5)
     with torch.no_grad():
@@ -253,7 +259,7 @@ def test_vocab_cut_keeps_image_tokens_working_in_a_vlm() -> None:
                          generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(input_ids=ids, pixel_values=pixels).logits
-    plan = PRUNE_METHODS.get("vocab")(h, [10, 12, 14, 16])
+    plan = vocab(h, [10, 12, 14, 16])
     assert img_id in plan.vocab  # kept as a special token named by the config
     result = apply_plan(model, plan, h)
     new_img = int(result.remap.to_new([img_id])[0])

@@ -115,16 +115,45 @@ class ScoreResult:
 
 
 class Scorer:
-    """Base of all scorers. Subclasses are dataclasses (their fields are options) and set ``name`` and
-    ``unit``; ``score(ctx)`` must not change the model."""
+    """Base of all scorers. Subclasses are dataclasses (their fields are options), declare their metadata
+    as class attributes and implement ``score(ctx)``, which must not change the model.
+
+    The metadata travels with the scores into ``analysis.json`` (``run_scorers`` records it in each
+    scorer's entry), which is how ``vlatrim prune`` knows what a score means without a list of names:
+
+    Attributes:
+        name: registry name (``SCORERS``), also the key of the scorer's entry in analysis.json.
+        unit: what one score rates, one of ``UNITS``: ``block`` (one score per block of a block list),
+            ``head`` (per query head of each block), ``channel`` (per MLP channel of each block),
+            ``token`` (per vocabulary row).
+        loss_units: True when a score estimates the loss increase of removing its unit (measured or a
+            Taylor estimate), so scores of different units can be compared on one scale
+            (``--budget-units all`` accepts only these).
+        preference: rank among the scorers of its unit for being the default ranking when none is named;
+            lower = preferred (ties: by name).
+    """
 
     name: ClassVar[str]
     unit: ClassVar[str]  # one of UNITS
+    loss_units: ClassVar[bool]
+    preference: ClassVar[int]
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if not isinstance(cls.__dict__.get("name"), str) or cls.__dict__.get("unit") not in UNITS:
             raise TypeError(f"scorer {cls.__name__} must set class attributes name (str) and unit (one of {UNITS})")
+        if not isinstance(getattr(cls, "loss_units", None), bool):
+            raise TypeError(f"scorer {cls.__name__} must set class attribute loss_units (bool): whether its scores "
+                            "estimate the loss increase of removing the unit")
+        pref = getattr(cls, "preference", None)
+        if not isinstance(pref, int) or isinstance(pref, bool):
+            raise TypeError(f"scorer {cls.__name__} must set class attribute preference (int, lower = preferred "
+                            "default ranking of its unit)")
+
+    @classmethod
+    def metadata(cls) -> dict[str, Any]:
+        """What analysis.json records about the scorer: ``{"unit", "loss_units", "preference"}``."""
+        return {"unit": cls.unit, "loss_units": cls.loss_units, "preference": cls.preference}
 
     def score(self, ctx: ScoringContext) -> ScoreResult:  # pragma: no cover - abstract
         raise NotImplementedError

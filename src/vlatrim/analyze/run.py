@@ -40,8 +40,10 @@ def run_scorers(ctx: ScoringContext, names: Sequence[str] = DEFAULT_SCORERS,
             result there serves as the Spearman reference.
 
     Returns:
-        ``{"scorers": {name: {"unit", "options", "seconds", "scores": {path: [..]}, "extras",
-        ["spearman_vs_drop_one": {path: rho}]}}, "pathways": {...}}`` (see docs/analysis.md).
+        ``{"scorers": {name: {"unit", "loss_units", "preference", "options", "seconds", "scores": {path: [..]},
+        "extras", ["spearman_vs_drop_one": {path: rho}]}}, "pathways": {...}}`` (see docs/analysis.md);
+        ``unit`` / ``loss_units`` / ``preference`` are the scorer's declared metadata (``Scorer``), which
+        ``vlatrim prune`` reads from the file.
     """
     options = options or {}
     classes = {n: SCORERS.get(n) for n in names}  # validates every name up front
@@ -56,7 +58,7 @@ def run_scorers(ctx: ScoringContext, names: Sequence[str] = DEFAULT_SCORERS,
         res = scorer.score(ctx)
         dt = time.perf_counter() - t0
         log.info("scorer %s took %.2f s", n, dt)
-        entry: dict[str, Any] = {"unit": scorer.unit, "options": scorer.options(), "seconds": dt,
+        entry: dict[str, Any] = {**type(scorer).metadata(), "options": scorer.options(), "seconds": dt,
                                  "scores": {p: s.tolist() for p, s in res.scores.items()}, "extras": res.extras}
         ref_entry = out.get("drop_one") or (precomputed or {}).get("drop_one")
         if scorer.unit == "block" and ref_entry is not None and n != "drop_one":

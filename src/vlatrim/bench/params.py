@@ -1,58 +1,7 @@
-"""Parameter counting that treats shared (tied) tensors once."""
+"""Parameter counts for bench reports: the one implementation lives in ``vlatrim.models.params``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from vlatrim.models.params import count_params, params_by_component
 
-from torch import nn
-
-
-def count_params(modules: nn.Module | Iterable[nn.Module | None] | None, exclude: Iterable[nn.Module | None] = ()) -> int:
-    """Number of distinct parameters in ``modules``, minus any that belong to ``exclude``.
-
-    A tensor shared by several modules (a tied embedding / LM head) counts once.
-
-    Args:
-        modules: one module or several (``None`` entries are skipped).
-        exclude: modules whose parameters are not counted (e.g. the blocks, when counting "the rest").
-    Returns:
-        The parameter count.
-    """
-    if modules is None or isinstance(modules, nn.Module):
-        modules = [modules]
-    skip = {id(p) for m in exclude if m is not None for p in m.parameters()}
-    seen: set[int] = set()
-    total = 0
-    for m in modules:
-        if m is None:
-            continue
-        for p in m.parameters():
-            if id(p) not in seen and id(p) not in skip:
-                seen.add(id(p))
-                total += p.numel()
-    return total
-
-
-def params_by_component(handle: Any) -> dict[str, int]:
-    """Parameter counts of a located model by component.
-
-    Args:
-        handle: a ``BackboneHandle`` (``vlatrim.models.adapters.locate_backbone``).
-    Returns:
-        ``blocks`` (the backbone's blocks), ``embedding`` (token embedding), ``lm_head`` (0 when tied to the
-        embedding, counted there), ``backbone_other`` (final norm and the like inside the backbone module),
-        ``backbone`` (all of the above: what ``--ratio`` / ``--target-params`` budget), ``rest`` (vision
-        tower, projector, action head, ...) and ``total``.
-    """
-    root = handle.root
-    emb = root.get_submodule(handle.embedding_path) if handle.embedding_path else None
-    head = root.get_submodule(handle.lm_head_path) if handle.lm_head_path else None
-    blocks = count_params(handle.blocks)
-    embedding = count_params(emb)
-    lm_head = count_params(head, exclude=[emb])
-    backbone_other = count_params(handle.owner, exclude=[handle.blocks, emb])
-    backbone = blocks + embedding + lm_head + backbone_other
-    total = count_params(root)
-    return {"blocks": blocks, "embedding": embedding, "lm_head": lm_head, "backbone_other": backbone_other,
-            "backbone": backbone, "rest": total - backbone, "total": total}
+__all__ = ["count_params", "params_by_component"]

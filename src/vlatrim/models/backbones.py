@@ -225,9 +225,5 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__ = ["Backbone", "BACKBONE_PRESETS", "load_backbone", "build_backbone_from_config", "prepare_backbone",
-           "default_tokenizer", "minilm_dir", "count_parameters"]
+           "default_tokenizer", "minilm_dir"]

@@ -2,11 +2,13 @@
 
 The CLI (``vlatrim prune``) fills a :class:`PruneRequest` and calls :func:`make_plan` then
 :func:`execute`; library users can do the same, or call the selectors and ``apply_plan`` directly.
+``make_plan`` runs the registered pruning methods (``vlatrim.prune.methods``) that the request asks for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +16,14 @@ from typing import Any, Literal, Protocol
 
 from torch import nn
 
-from vlatrim.bench.params import params_by_component
 from vlatrim.errors import VlatrimError
+from vlatrim.models.params import params_by_component
 from vlatrim.prune.analysis_io import Analysis
 from vlatrim.prune.methods import PRUNE_METHODS
-from vlatrim.prune.methods.base import check_ratio
-from vlatrim.prune.methods.vocab import texts_from_data, token_ids_of
+from vlatrim.prune.methods.base import EXCLUSIVE_STAGES, PlanContext, check_ratio, ordered_methods
 from vlatrim.prune.plan import Coupling, PrunePlan, close_over_couplings
 from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
-from vlatrim.prune.surgery import apply_plan, validate_plan, width_savings
+from vlatrim.prune.surgery import apply_plan, validate_plan
 from vlatrim.prune.tokenizer import agrees, can_rewrite, rewrite_wordpiece
 from vlatrim.utils.hashing import dir_sha256
 
@@ -32,7 +33,8 @@ PRUNE_SCHEMA_VERSION = 1
 @dataclass
 class PruneRequest:
     """What to cut. Depth comes from at most one of ``drop_blocks``, ``keep_first``, ``span`` or
-    ``scores`` (+ ``ratio`` / ``target_params`` / ``count``); widths and vocabulary combine with it."""
+    ``scores`` (+ ``ratio`` / ``target_params`` / ``count``); widths and vocabulary combine with it.
+    ``method_options`` asks for pruning methods registered outside vlatrim by name."""
 
     drop_blocks: list[int] | None = None  # explicit block indices to remove
     keep_first: int | None = None  # keep blocks 0..k-1
@@ -52,6 +54,13 @@ class PruneRequest:
     budget_units: Literal["blocks", "all"] = "blocks"  # with a budget: what it removes after the vocabulary:
     # whole blocks in the scorer's order, or blocks, heads and MLP channels by loss per parameter
     pathway: str = "language"  # which block list drop_blocks cuts: language, vision, action, or a block-list path
+    method_options: dict[str, dict[str, Any]] | None = None  # {method name: {option: value}} for registered
+    # methods without a field of their own (PruneMethod.applies: the name is a key; .options reads the value)
+
+    @property
+    def parameter_budget(self) -> bool:
+        """Whether the request sets a parameter budget (``ratio`` or ``target_params``)."""
+        return self.ratio is not None or self.target_params is not None
 
     def __post_init__(self) -> None:
         if self.pathway != "language":
@@ -81,7 +90,10 @@ class PruneRequest:
             check_ratio(self.ratio)
         for r in self.mlp_ratio or []:
             check_ratio(r, "--mlp-ratio")
-        if not (depth or budget or self.heads or self.mlp_ratio or self.vocab_from or self.drop_lm_head):
+        for name in self.method_options or {}:
+            PRUNE_METHODS.get(name)  # an unknown name raises, listing the registered methods
+        if not (depth or budget or self.heads or self.mlp_ratio or self.vocab_from or self.drop_lm_head
+                or self.method_options):
             raise VlatrimError("nothing to prune: give --drop-blocks, --keep-first, --span, --scores with "
                                "--ratio/--target-params/--count, --heads, --mlp-ratio or --vocab-from")
 
@@ -98,116 +110,37 @@ def _tokenizer(model_dir: Path, required: bool = True) -> Any:
 
 
 def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path | None = None) -> tuple[PrunePlan, dict[str, int]]:
-    """Turn a request into a validated plan. Returns the plan and the parameters by component before."""
+    """Turn a request into a validated plan.
+
+    Every registered pruning method whose ``applies(req)`` is true plans in ``STAGES`` order (vocabulary,
+    widths, depth / budget: a budget subtracts what the earlier stages remove) and the plans are merged.
+
+    Args:
+        req: what to cut.
+        model: the model (not modified).
+        handle: its located backbone.
+        model_dir: the checkpoint directory it came from (its tokenizer, for vocabulary cuts).
+    Returns:
+        The plan and the parameters by component before.
+    """
     before = params_by_component(handle)
-    if req.pathway != "language":
-        plan = pathway_plan(handle, req.pathway, req.drop_blocks)
-        validate_plan(handle, plan)
-        return plan, before
-    plan = PrunePlan()
     analysis = Analysis(req.scores) if req.scores else None
-    budget = req.ratio is not None or req.target_params is not None
-    tok = None
-    if req.vocab_from is not None or (budget and req.budget_vocab and analysis and analysis.used_token_ids() is not None):
-        tok = getattr(model, "tokenizer", None)  # a VLA that tokenizes for itself (the reference VLA)
-        if tok is None and model_dir is not None:
-            tok = _tokenizer(model_dir, required=req.vocab_from is not None)
-    if req.vocab_from is not None:
-        if tok is None:
-            raise VlatrimError("--vocab-from needs a model directory with a tokenizer")
-        texts = texts_from_data(req.vocab_from)
-        used = token_ids_of(tok, texts)
-        plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, used, tok, drop_lm_head=req.drop_lm_head))
-        plan.notes["vocab_texts"] = texts
-    elif budget and req.budget_vocab and analysis is not None and analysis.used_token_ids() is not None:
-        # Tokens the task never uses are the cheapest parameters to remove: the budget takes them first.
-        plan = plan.merge(PRUNE_METHODS.get("vocab")(handle, analysis.used_token_ids(), tok, drop_lm_head=req.drop_lm_head))
-    elif req.drop_lm_head:
-        plan = plan.merge(PrunePlan(drop_lm_head=True, methods=["drop-lm-head"]))
-    if req.heads is not None:
-        hs = analysis.head_scores(handle) if analysis and analysis.has("head") else None  # else magnitude
-        plan = plan.merge(PRUNE_METHODS.get("heads")(handle, req.heads, hs, req.head_mode))
-    if req.mlp_ratio is not None:
-        cs = analysis.channel_scores(handle) if analysis and analysis.has("channel") else None  # else magnitude
-        plan = plan.merge(PRUNE_METHODS.get("mlp")(handle, req.mlp_ratio, cs))
-    if req.drop_blocks is not None:
-        plan = plan.merge(PRUNE_METHODS.get("drop-blocks")(handle, req.drop_blocks))
-    elif req.keep_first is not None:
-        plan = plan.merge(PRUNE_METHODS.get("keep-first")(handle, req.keep_first))
-    elif req.span is not None:
-        plan = plan.merge(PRUNE_METHODS.get("angular-span")(handle, analysis.span_distances(handle), req.span))
-    elif budget and req.budget_units == "all":
-        plan = plan.merge(_budget_all(req, handle, analysis, plan, before))
-    elif budget or req.count is not None:
-        vocab_saving = 0
-        if plan.vocab is not None:
-            per_token = handle.hidden_size * (2 if before["lm_head"] else 1)
-            vocab_saving = per_token * (handle.vocab_size - len(plan.vocab))
-        # Explicit head / channel cuts count towards the budget too; a block then saves only what its
-        # cut-down self still holds.
-        ws = width_savings(handle, plan)
-        sizes = [lay.num_params - w for lay, w in zip(handle.layouts, ws)]
-        name, scores = analysis.block_scores(handle, req.scorer)
-        plan = plan.merge(PRUNE_METHODS.get("block-scores")(
-            handle, scores, count=req.count, ratio=req.ratio, target_params=req.target_params,
-            backbone_params=before["backbone"], already_removed=vocab_saving + sum(ws), block_sizes=sizes))
-        plan.notes["block_scorer"] = name
-        plan.notes["vocab_params_removed"] = vocab_saving
-        plan.notes["width_params_removed"] = sum(ws)
+    methods = [cls() for cls in ordered_methods()]
+    methods = [m for m in methods if m.applies(req)]
+    for stage in EXCLUSIVE_STAGES:
+        clash = [m.name for m in methods if m.stage == stage]
+        if len(clash) > 1:
+            raise VlatrimError(f"the request asks {len(clash)} pruning methods to choose the {stage}: {', '.join(clash)}; ask for one")
+    ctx = PlanContext(model=model, params_before=before, plan=PrunePlan(), model_dir=model_dir,
+                      load_tokenizer=functools.partial(_tokenizer, model_dir) if model_dir is not None else None)
+    for m in methods:
+        ctx.plan = ctx.plan.merge(m.plan(req, handle, analysis, ctx))
+    plan = ctx.plan
     if plan.vocab is not None and getattr(model, "tokenizer", None) is not None and not can_rewrite(model.tokenizer):
         raise VlatrimError(f"vocabulary: {type(model).__name__} tokenizes with its own {type(model.tokenizer).__name__}, "
                            "which vlatrim can only rewrite when it is WordPiece; prune the vocabulary of this model's backbone checkpoint instead")
     validate_plan(handle, plan)
     return plan, before
-
-
-def pathway_plan(handle: Any, pathway: str, drop: list[int]) -> PrunePlan:
-    """A plan removing blocks ``drop`` from a vision or action block list, named by pathway (when it has
-    exactly one block list) or by the list's dotted path."""
-    lists = {p: [bl.path for bl in bls] for p, bls in handle.pathways().items() if p != "language"}
-    paths = [bl for bls in lists.values() for bl in bls]
-    if pathway in lists:
-        if len(lists[pathway]) != 1:
-            raise VlatrimError(f"--pathway {pathway}: this model has {len(lists[pathway])} {pathway} block lists; name "
-                               f"one by its path: {', '.join(lists[pathway]) or '(none)'}")
-        path = lists[pathway][0]
-    elif pathway in paths:
-        path = pathway
-    else:
-        raise VlatrimError(f"--pathway {pathway!r} is not a pathway or block list of this model; valid: language, "
-                           f"{', '.join(p for p in lists if lists[p]) or '(no vision or action blocks)'}"
-                           f"{', ' + ', '.join(paths) if paths else ''}")
-    return PrunePlan(pathway_drops={path: list(drop)}, methods=["drop-blocks"])
-
-
-def _vocab_saving(handle: Any, plan: PrunePlan, before: dict[str, int]) -> int:
-    """Parameters the plan's vocabulary cut removes (the embedding rows, and the untied LM head's)."""
-    if plan.vocab is None:
-        return 0
-    per_token = handle.hidden_size * (2 if before["lm_head"] else 1)
-    return per_token * (handle.vocab_size - len(plan.vocab))
-
-
-def _budget_all(req: PruneRequest, handle: Any, analysis: Analysis, plan: PrunePlan, before: dict[str, int]) -> PrunePlan:
-    """The rest of a parameter budget, after the vocabulary, spent on blocks, heads and channels together."""
-    from vlatrim.prune.methods.budget_all import LOSS_BLOCK_SCORERS, LOSS_CHANNEL_SCORERS, LOSS_HEAD_SCORERS
-
-    scores = analysis.loss_unit_scores(handle, req.scorer, {"block": LOSS_BLOCK_SCORERS, "head": LOSS_HEAD_SCORERS,
-                                                            "channel": LOSS_CHANNEL_SCORERS})
-    backbone = before["backbone"]
-    if req.ratio is not None:
-        to_remove = int(round(check_ratio(req.ratio) * backbone))
-    else:
-        if not 0 < req.target_params <= backbone:
-            raise VlatrimError(f"--target-params {req.target_params} is outside (0, {backbone}] (the backbone's size)")
-        to_remove = backbone - int(req.target_params)
-    vocab_saving = _vocab_saving(handle, plan, before)
-    out = PRUNE_METHODS.get("budget-all")(handle, to_remove - vocab_saving, scores["block"], scores["head"],
-                                          scores["channel"], req.head_mode)
-    out.notes.update({"block_scorer": scores["block_scorer"], "params_to_remove": to_remove,
-                      "vocab_params_removed": vocab_saving})
-    out.notes["budget_params_removed"] = {"vocab": vocab_saving, **out.notes["budget_params_removed"]}
-    return out
 
 
 def source_hash(model: nn.Module, model_dir: Path | None) -> dict[str, str]:

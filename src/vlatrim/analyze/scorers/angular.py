@@ -26,6 +26,8 @@ class AngularDistance(Scorer):
 
     name = "angular"
     unit = "block"
+    loss_units = False  # an angle / pi, not a loss
+    preference = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.span, int) or self.span < 1:

@@ -18,6 +18,8 @@ class BlockInfluence(Scorer):
 
     name = "block_influence"
     unit = "block"
+    loss_units = False  # a cosine distance, not a loss
+    preference = 2
 
     @torch.no_grad()
     def score(self, ctx: ScoringContext) -> ScoreResult:

@@ -15,6 +15,8 @@ class ChannelMagnitude(Scorer):
 
     name = "channel_magnitude"
     unit = "channel"
+    loss_units = False  # an activation norm, not a loss
+    preference = 1
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         return ScoreResult(magnitude(ctx, channel_units(ctx), "channel magnitude"))

@@ -15,6 +15,8 @@ class ChannelTaylor(Scorer):
 
     name = "channel_taylor"
     unit = "channel"
+    loss_units = True  # |dL/dmask|: first-order loss change of removing the channel
+    preference = 0
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         return ScoreResult(taylor(ctx, channel_units(ctx), "channel taylor"))

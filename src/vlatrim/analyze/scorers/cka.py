@@ -22,6 +22,8 @@ class LinearCKA(Scorer):
 
     name = "cka"
     unit = "block"
+    loss_units = False  # 1 - CKA, not a loss
+    preference = 4
 
     @torch.no_grad()
     def score(self, ctx: ScoringContext) -> ScoreResult:

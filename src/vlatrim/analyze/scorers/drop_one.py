@@ -18,6 +18,8 @@ class DropOne(Scorer):
 
     name = "drop_one"
     unit = "block"
+    loss_units = True  # measured loss increase: the reference
+    preference = 0
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         base = ctx.mean_loss("drop-one: full model")

@@ -67,6 +67,8 @@ class GateProbe(Scorer):
 
     name = "gateprobe"
     unit = "block"
+    loss_units = True  # second-order estimate of drop-one's loss increase
+    preference = 1
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         G, F, loss = gate_statistics(ctx)

@@ -15,6 +15,8 @@ class HeadMagnitude(Scorer):
 
     name = "head_magnitude"
     unit = "head"
+    loss_units = False  # an activation norm, not a loss
+    preference = 1
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         s = magnitude(ctx, head_units(ctx), "head magnitude")

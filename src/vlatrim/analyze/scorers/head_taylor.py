@@ -15,6 +15,8 @@ class HeadTaylor(Scorer):
 
     name = "head_taylor"
     unit = "head"
+    loss_units = True  # |dL/dmask|: first-order loss change of removing the head
+    preference = 0
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         s = taylor(ctx, head_units(ctx), "head taylor")

@@ -24,6 +24,8 @@ class VocabularyUsage(Scorer):
 
     name = "vocabulary"
     unit = "token"
+    loss_units = False  # occurrence counts
+    preference = 0
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         h = ctx.handle

@@ -9,8 +9,9 @@ that cuts must keep true, in transformers text models (Llama, Qwen2/3, Gemma/2/3
 from vlatrim.models.adapters.describe import components, describe, inspect_model, summary_text
 from vlatrim.models.adapters.layout import AttentionLayout, BackboneHandle, BlockLayout, BlockList, MLPLayout
 from vlatrim.models.adapters.load import load_model
-from vlatrim.models.adapters.locate import count_params, find_block_lists, locate_backbone
+from vlatrim.models.adapters.locate import find_block_lists, locate_backbone
 from vlatrim.models.adapters.rules import ATTENTION_RULES, MLP_RULES, parse_attention, parse_mlp
+from vlatrim.models.params import count_params
 
 __all__ = [
     "ATTENTION_RULES", "MLP_RULES", "AttentionLayout", "BackboneHandle", "BlockLayout", "BlockList",

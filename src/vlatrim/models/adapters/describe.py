@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from vlatrim.models.adapters.layout import BackboneHandle, BlockList
-from vlatrim.models.adapters.locate import count_params
+from vlatrim.models.params import count_params
 
 
 def components(handle: BackboneHandle) -> dict[str, dict[str, Any]]:

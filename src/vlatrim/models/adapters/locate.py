@@ -24,17 +24,7 @@ from torch import nn
 from vlatrim.errors import VlatrimError
 from vlatrim.models.adapters.layout import BackboneHandle, BlockLayout, BlockList
 from vlatrim.models.adapters.rules import parse_attention, parse_mlp
-
-
-def count_params(module: nn.Module, exclude: set[int] | None = None) -> int:
-    """Number of distinct parameters in ``module`` (a tied weight counts once)."""
-    seen: set[int] = set(exclude or ())
-    n = 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
+from vlatrim.models.params import count_params
 
 
 def _parent_paths(path: str) -> list[str]:

@@ -1,12 +1,18 @@
-"""Selectors: turn a request (indices, scores + budget, a span, a width) into a PrunePlan.
+"""Pruning methods: turn a request (indices, scores + budget, a span, a width) into a PrunePlan.
 
-Selectors never cut and never measure importance from data: they read indices or scores that the
+Methods never cut and never measure importance from data: they read indices or scores that the
 analysis produced (or, for ``magnitude``, the weights' norms) and return a plan. Each lives in its own
-module and registers itself in ``PRUNE_METHODS``.
+module: a ``PruneMethod`` subclass registered in ``PRUNE_METHODS`` (what ``make_plan`` runs) and the
+plain selector function it calls (for library use). Importing this package imports every module in it,
+which registers them.
 """
 
-# Importing the modules registers them.
-from vlatrim.prune.methods import angular_span, block_scores, budget_all, drop_blocks, heads, keep_first, mlp, vocab  # noqa: E402,F401
-from vlatrim.prune.methods.base import PRUNE_METHODS
+import importlib
+import pkgutil
 
-__all__ = ["PRUNE_METHODS"]
+from vlatrim.prune.methods.base import PRUNE_METHODS, STAGES, PlanContext, PruneMethod, ordered_methods
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["PRUNE_METHODS", "STAGES", "PlanContext", "PruneMethod", "ordered_methods"]

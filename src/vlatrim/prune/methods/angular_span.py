@@ -5,14 +5,17 @@ residual stream least."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlatrim.errors import VlatrimError
-from vlatrim.prune.methods.base import PRUNE_METHODS
+from vlatrim.prune.methods.base import PRUNE_METHODS, PlanContext, PruneMethod
 from vlatrim.prune.plan import PrunePlan
 
+if TYPE_CHECKING:
+    from vlatrim.prune.analysis_io import Analysis
+    from vlatrim.prune.api import PruneRequest
 
-@PRUNE_METHODS.register("angular-span")
+
 def angular_span(handle: Any, distances: Mapping[int, Sequence[float]], n: int) -> PrunePlan:
     """Plan removing blocks ``l .. l+n-1`` for the start ``l`` with the smallest angular distance.
 
@@ -33,3 +36,17 @@ def angular_span(handle: Any, distances: Mapping[int, Sequence[float]], n: int) 
     start = min(range(len(row)), key=lambda l: (row[l], l))
     return PrunePlan(drop_blocks=list(range(start, start + n)), methods=["angular-span"],
                      notes={"span_start": start, "span_length": n, "span_distance": float(row[start])})
+
+
+@PRUNE_METHODS.register("angular-span")
+class AngularSpan(PruneMethod):
+    """``--scores A --span N``: the span of N blocks the analysis's angular distances say changes least."""
+
+    name = "angular-span"
+    stage = "depth"
+
+    def applies(self, request: PruneRequest) -> bool:
+        return request.span is not None
+
+    def plan(self, request: PruneRequest, handle: Any, scores: Analysis | None, context: PlanContext) -> PrunePlan:
+        return angular_span(handle, scores.span_distances(handle), request.span)

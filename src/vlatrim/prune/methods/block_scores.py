@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vlatrim.errors import VlatrimError
-from vlatrim.prune.methods.base import PRUNE_METHODS, block_params, check_ratio
+from vlatrim.prune.methods.base import (
+    PRUNE_METHODS,
+    PlanContext,
+    PruneMethod,
+    block_params,
+    check_ratio,
+    vocab_params_removed,
+)
 from vlatrim.prune.plan import PrunePlan
+from vlatrim.prune.surgery import width_savings
+
+if TYPE_CHECKING:
+    from vlatrim.prune.analysis_io import Analysis
+    from vlatrim.prune.api import PruneRequest
 
 
 def blocks_for_budget(order: Sequence[int], sizes: Sequence[int], to_remove: int, n_blocks: int) -> list[int]:
@@ -28,7 +40,6 @@ def blocks_for_budget(order: Sequence[int], sizes: Sequence[int], to_remove: int
     return sorted(drop)
 
 
-@PRUNE_METHODS.register("block-scores")
 def by_scores(handle: Any, scores: Sequence[float], count: int | None = None, ratio: float | None = None,
               target_params: int | None = None, backbone_params: int | None = None, already_removed: int = 0,
               block_sizes: Sequence[int] | None = None) -> PrunePlan:
@@ -72,3 +83,31 @@ def by_scores(handle: Any, scores: Sequence[float], count: int | None = None, ra
         notes["params_to_remove"] = to_remove
     notes["block_scores"] = s.tolist()
     return PrunePlan(drop_blocks=drop, methods=["block-scores"], notes=notes)
+
+
+@PRUNE_METHODS.register("block-scores")
+class BlockScores(PruneMethod):
+    """``--scores A`` with ``--count`` or a parameter budget (``--budget-units blocks``): whole blocks in the
+    order of a block scorer (``--scorer``, default the analysis's preferred one), lowest first. A budget
+    counts what the vocabulary and explicit width cuts already remove."""
+
+    name = "block-scores"
+    stage = "depth"
+
+    def applies(self, request: PruneRequest) -> bool:
+        return request.count is not None or (request.parameter_budget and request.budget_units == "blocks")
+
+    def plan(self, request: PruneRequest, handle: Any, scores: Analysis | None, context: PlanContext) -> PrunePlan:
+        vocab_saving = vocab_params_removed(handle, context.plan, context.params_before)
+        # Explicit head / channel cuts count towards the budget too; a block then saves only what its
+        # cut-down self still holds.
+        ws = width_savings(handle, context.plan)
+        sizes = [lay.num_params - w for lay, w in zip(handle.layouts, ws)]
+        name, block_scores = scores.block_scores(handle, request.scorer)
+        out = by_scores(handle, block_scores, count=request.count, ratio=request.ratio,
+                        target_params=request.target_params, backbone_params=context.params_before["backbone"],
+                        already_removed=vocab_saving + sum(ws), block_sizes=sizes)
+        out.notes["block_scorer"] = name
+        out.notes["vocab_params_removed"] = vocab_saving
+        out.notes["width_params_removed"] = sum(ws)
+        return out

@@ -1,29 +1,29 @@
 """One parameter budget solved across depth and width: whole blocks, attention heads and MLP channels
 compete on one scale, the estimated loss increase per parameter removed.
 
-Every score must be in loss units (block scores from ``drop_one`` / ``gateprobe``, head and channel
-scores from ``head_taylor`` / ``channel_taylor``), so a block's score and a head group's summed score
-are comparable. The selector only chooses indices; cutting stays with ``vlatrim.prune.surgery``.
+Every score must be in loss units (scorers that declare ``loss_units``, recorded in analysis.json: block
+scores from ``drop_one`` / ``gateprobe``, head and channel scores from ``head_taylor`` /
+``channel_taylor``), so a block's score and a head group's summed score are comparable. The selector only chooses indices; cutting stays with ``vlatrim.prune.surgery``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vlatrim.errors import VlatrimError
 from vlatrim.prune.gqa import HeadMode
-from vlatrim.prune.methods.base import PRUNE_METHODS
+from vlatrim.prune.methods.base import PRUNE_METHODS, PlanContext, PruneMethod, budget_to_remove, vocab_params_removed
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.surgery import width_savings
 
-# The scorers whose values are (estimated) loss increases, the only ones the solver may compare.
-LOSS_BLOCK_SCORERS = ("drop_one", "gateprobe")
-LOSS_HEAD_SCORERS = ("head_taylor",)
-LOSS_CHANNEL_SCORERS = ("channel_taylor",)
+if TYPE_CHECKING:
+    from vlatrim.prune.analysis_io import Analysis
+    from vlatrim.prune.api import PruneRequest
+
 KIND_ORDER = {"block": 0, "kv_group": 1, "query_heads": 2, "channel": 3}  # tie-break between kinds
 
 
@@ -147,7 +147,6 @@ def solve(units: Sequence[Unit], to_remove: int, layouts: Sequence[Any]) -> tupl
     return chosen, by_kind
 
 
-@PRUNE_METHODS.register("budget-all")
 def budget_all(handle: Any, to_remove: int, block_scores: Sequence[float], head_scores: Mapping[int, Sequence[float]],
                channel_scores: Mapping[int, Sequence[float]], head_mode: HeadMode = "auto") -> PrunePlan:
     """Plan removing at least ``to_remove`` backbone parameters from blocks, heads and channels together.
@@ -192,3 +191,27 @@ def budget_all(handle: Any, to_remove: int, block_scores: Sequence[float], head_
         "units_chosen": len(chosen),
     }
     return PrunePlan(drop_blocks=drop, heads=heads, mlp=mlp, methods=["budget-all"], notes=notes)
+
+
+@PRUNE_METHODS.register("budget-all")
+class BudgetAll(PruneMethod):
+    """``--scores A`` with ``--ratio`` / ``--target-params`` and ``--budget-units all``: the rest of the budget,
+    after the vocabulary, spent on blocks, heads and channels together by loss per parameter, from the
+    analysis's scorers in loss units."""
+
+    name = "budget-all"
+    stage = "depth"
+
+    def applies(self, request: PruneRequest) -> bool:
+        return request.parameter_budget and request.budget_units == "all"
+
+    def plan(self, request: PruneRequest, handle: Any, scores: Analysis | None, context: PlanContext) -> PrunePlan:
+        found = scores.loss_unit_scores(handle, request.scorer)
+        to_remove = budget_to_remove(request, context.params_before["backbone"])
+        vocab_saving = vocab_params_removed(handle, context.plan, context.params_before)
+        out = budget_all(handle, to_remove - vocab_saving, found["block"], found["head"], found["channel"],
+                         request.head_mode)
+        out.notes.update({"block_scorer": found["block_scorer"], "params_to_remove": to_remove,
+                          "vocab_params_removed": vocab_saving})
+        out.notes["budget_params_removed"] = {"vocab": vocab_saving, **out.notes["budget_params_removed"]}
+        return out

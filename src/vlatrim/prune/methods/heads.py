@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlatrim.errors import VlatrimError
 from vlatrim.prune.gqa import HeadMode, select_heads
-from vlatrim.prune.methods.base import PRUNE_METHODS
+from vlatrim.prune.methods.base import PRUNE_METHODS, PlanContext, PruneMethod
 from vlatrim.prune.methods.magnitude import head_magnitudes
 from vlatrim.prune.plan import PrunePlan
+
+if TYPE_CHECKING:
+    from vlatrim.prune.analysis_io import Analysis
+    from vlatrim.prune.api import PruneRequest
 
 
 def per_block(value: int | float | Sequence[int | float], n: int, what: str) -> list:
@@ -24,7 +28,6 @@ def per_block(value: int | float | Sequence[int | float], n: int, what: str) -> 
     return value
 
 
-@PRUNE_METHODS.register("heads")
 def heads(handle: Any, keep: int | Sequence[int], scores: Mapping[int, Sequence[float]] | None = None,
           mode: HeadMode = "auto") -> PrunePlan:
     """Plan keeping ``keep`` query heads in every block (or ``keep[b]`` in block ``b``).
@@ -51,3 +54,19 @@ def heads(handle: Any, keep: int | Sequence[int], scores: Mapping[int, Sequence[
         plan[b] = select_heads(s, int(k), att.num_heads, att.num_kv_heads, mode, what=f"--heads for block {b}").tolist()
     return PrunePlan(heads=plan, methods=["heads"], notes={"heads_keep": counts, "head_mode": mode,
                                                            "head_scores": "analysis" if scores is not None else "magnitude"})
+
+
+@PRUNE_METHODS.register("heads")
+class Heads(PruneMethod):
+    """``--heads``: query heads kept per block, ranked by the analysis's preferred head scorer when it has
+    one, else by weight magnitude."""
+
+    name = "heads"
+    stage = "width"
+
+    def applies(self, request: PruneRequest) -> bool:
+        return request.heads is not None
+
+    def plan(self, request: PruneRequest, handle: Any, scores: Analysis | None, context: PlanContext) -> PrunePlan:
+        hs = scores.head_scores(handle) if scores is not None and scores.has("head") else None  # else magnitude
+        return heads(handle, request.heads, hs, request.head_mode)

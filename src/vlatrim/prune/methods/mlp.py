@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vlatrim.errors import VlatrimError
-from vlatrim.prune.methods.base import PRUNE_METHODS, check_ratio
+from vlatrim.prune.methods.base import PRUNE_METHODS, PlanContext, PruneMethod, check_ratio
 from vlatrim.prune.methods.heads import per_block
 from vlatrim.prune.methods.magnitude import channel_magnitudes
 from vlatrim.prune.plan import PrunePlan
 
+if TYPE_CHECKING:
+    from vlatrim.prune.analysis_io import Analysis
+    from vlatrim.prune.api import PruneRequest
 
-@PRUNE_METHODS.register("mlp")
+
 def mlp(handle: Any, ratio: float | Sequence[float], scores: Mapping[int, Sequence[float]] | None = None) -> PrunePlan:
     """Plan removing the fraction ``ratio`` of MLP channels in every block (or ``ratio[b]`` in block b),
     lowest scores first.
@@ -40,3 +43,19 @@ def mlp(handle: Any, ratio: float | Sequence[float], scores: Mapping[int, Sequen
         plan[b] = torch.sort(torch.argsort(-s.double(), stable=True)[:keep]).values.tolist()
     return PrunePlan(mlp=plan, methods=["mlp"], notes={"mlp_ratio": ratios,
                                                        "mlp_scores": "analysis" if scores is not None else "magnitude"})
+
+
+@PRUNE_METHODS.register("mlp")
+class MLPChannels(PruneMethod):
+    """``--mlp-ratio``: MLP channels removed per block, ranked by the analysis's preferred channel scorer
+    when it has one, else by weight magnitude."""
+
+    name = "mlp"
+    stage = "width"
+
+    def applies(self, request: PruneRequest) -> bool:
+        return request.mlp_ratio is not None
+
+    def plan(self, request: PruneRequest, handle: Any, scores: Analysis | None, context: PlanContext) -> PrunePlan:
+        cs = scores.channel_scores(handle) if scores is not None and scores.has("channel") else None  # else magnitude
+        return mlp(handle, request.mlp_ratio, cs)

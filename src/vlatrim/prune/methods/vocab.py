@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlatrim.errors import VlatrimError
-from vlatrim.prune.methods.base import PRUNE_METHODS
+from vlatrim.prune.methods.base import PRUNE_METHODS, PlanContext, PruneMethod
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.vocab import token_id_fields
+
+if TYPE_CHECKING:
+    from vlatrim.prune.analysis_io import Analysis
+    from vlatrim.prune.api import PruneRequest
 
 
 def special_ids(configs: Iterable[Any], tokenizer: Any = None) -> set[int]:
@@ -51,7 +55,6 @@ def token_ids_of(tokenizer: Any, texts: Iterable[str]) -> set[int]:
     return ids
 
 
-@PRUNE_METHODS.register("vocab")
 def vocab(handle: Any, used_ids: Iterable[int], tokenizer: Any = None, drop_lm_head: bool = False) -> PrunePlan:
     """Plan keeping the token ids ``used_ids`` plus every special token, in their original order.
 
@@ -73,3 +76,37 @@ def vocab(handle: Any, used_ids: Iterable[int], tokenizer: Any = None, drop_lm_h
     keep |= {i for i in specials if i < handle.vocab_size}
     return PrunePlan(vocab=sorted(keep), drop_lm_head=drop_lm_head, methods=["vocab"],
                      notes={"vocab_before": handle.vocab_size, "vocab_after": len(keep)})
+
+
+@PRUNE_METHODS.register("vocab")
+class Vocabulary(PruneMethod):
+    """``--vocab-from``: the tokens of the task's texts; with a parameter budget and an analysis that
+    measured vocabulary usage (unless ``--no-budget-vocab``), the tokens it saw used; ``--drop-lm-head``
+    alone removes the LM head only (recorded as ``drop-lm-head``)."""
+
+    name = "vocab"
+    stage = "vocabulary"
+
+    def applies(self, request: PruneRequest) -> bool:
+        return request.vocab_from is not None or request.drop_lm_head or self._budget(request)
+
+    @staticmethod
+    def _budget(request: PruneRequest) -> bool:
+        return request.parameter_budget and request.budget_vocab and request.scores is not None
+
+    def plan(self, request: PruneRequest, handle: Any, scores: Analysis | None, context: PlanContext) -> PrunePlan:
+        if request.vocab_from is not None:
+            tok = context.tokenizer(required=True)
+            if tok is None:
+                raise VlatrimError("--vocab-from needs a model directory with a tokenizer")
+            texts = texts_from_data(request.vocab_from)
+            out = vocab(handle, token_ids_of(tok, texts), tok, drop_lm_head=request.drop_lm_head)
+            out.notes["vocab_texts"] = texts
+            return out
+        used = scores.used_token_ids() if self._budget(request) and scores is not None else None
+        if used is not None:
+            # Tokens the task never uses are the cheapest parameters to remove: the budget takes them first.
+            return vocab(handle, used, context.tokenizer(required=False), drop_lm_head=request.drop_lm_head)
+        if request.drop_lm_head:
+            return PrunePlan(drop_lm_head=True, methods=["drop-lm-head"])
+        return PrunePlan()
