@@ -177,6 +177,16 @@ class PathwayFamily(PolicyFamily):
     def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return model.predict(batch)
 
+    def example_batch(self, model: nn.Module, batch_size: int, generator: torch.Generator,
+                      instruction: str) -> dict[str, Any] | None:
+        s = model.config.image_size
+        ids, mask = model.tokenize([instruction] * batch_size)
+        return {"image": torch.randint(0, 256, (batch_size, s, s, 3), generator=generator, dtype=torch.uint8),
+                "state": torch.randn(batch_size, 4, generator=generator), "input_ids": ids, "attention_mask": mask}
+
+    def sequence_info(self, model: nn.Module) -> dict[str, Any]:
+        return {"image_tokens": 4, "chunk_size": model.config.chunk_size}
+
     def policy(self, model: nn.Module, device: str | torch.device = "cpu") -> Any:
         return PathwayPolicy(model)
 

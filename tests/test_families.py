@@ -109,6 +109,19 @@ def test_coupled_cut_reloads_exactly(model_dir, dataset, tmp_path):
     assert len(reloaded.action_layers) == 2 and len(reloaded.backbone.encoder.layer) == 2
 
 
+def test_bench_times_the_familys_action_and_backbone(model_dir, tmp_path):
+    pruned = tmp_path / "p"
+    assert main(["prune", "--model", str(model_dir), "--out", str(pruned), "--drop-blocks", "0"]) == 0
+    assert main(["bench", "--model", str(model_dir), str(pruned), "--out", str(tmp_path / "b"), "--warmup", "1",
+                 "--repeats", "2"]) == 0
+    full, cut = json.loads((tmp_path / "b" / "bench.json").read_text())["models"]
+    assert (full["family"], full["num_blocks"], cut["num_blocks"]) == (MODEL_TYPE, 3, 2)
+    # 4 image tokens + the state token + 6 instruction slots reach the backbone; 2 actions per forward.
+    assert full["sequence"] == {"tokens": 11, "image_tokens": 4, "chunk_size": 2}
+    assert cut["params"]["total"] < full["params"]["total"]
+    assert cut["flops"]["counted"]["backbone"] < full["flops"]["counted"]["backbone"]
+
+
 def test_vision_cut_and_action_cut_follow_the_coupling(model_dir, tmp_path):
     assert main(["prune", "--model", str(model_dir), "--out", str(tmp_path / "v"), "--pathway", "vision",
                  "--drop-blocks", "0"]) == 0

@@ -61,26 +61,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _forwards(model: nn.Module, handle: Any, batch_size: int, seq_len: int, device: torch.device,
+def _forwards(family: Any, model: nn.Module, handle: Any, batch_size: int, seq_len: int, device: torch.device,
               seed: int) -> tuple[Callable[[], object], Callable[[], object], dict[str, Any]]:
     """(full forward, backbone-only forward, sequence description) on fixed synthetic inputs."""
     g = torch.Generator().manual_seed(seed)
     owner = handle.owner
     captured: dict[str, Any] = {}
-    if hasattr(model, "encode") and hasattr(model, "tokenize"):  # the reference VLA
-        cfg = model.config
-        s = cfg.image_size
-        images = torch.randint(0, 256, (batch_size, s, s, 3), generator=g, dtype=torch.uint8).to(device)
-        states = torch.randn(batch_size, cfg.state_dim, generator=g).to(device)
-        ids, mask = model.tokenize([INSTRUCTION] * batch_size)
-        ids, mask = ids.to(device), mask.to(device)
+    batch = family.example_batch(model, batch_size, g, INSTRUCTION)
+    if batch is not None:  # a policy: observation -> action chunk, as deployed
 
         def full() -> torch.Tensor:
-            h, _ = model.encode(images, states, ids, mask)  # (B, T, D)
-            return model.action_normalizer.unnormalize(model.head.decode(model.head(h)))  # (B, T, A)
+            return family.act(model, batch)  # (B, T, A)
 
         def grab(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured.update(inputs_embeds=kwargs["inputs_embeds"].detach(), attention_mask=kwargs.get("attention_mask"))
+            if "inputs_embeds" in kwargs:
+                captured.update(inputs_embeds=kwargs["inputs_embeds"].detach(), attention_mask=kwargs.get("attention_mask"))
 
         hook = owner.register_forward_pre_hook(grab, with_kwargs=True)
         try:
@@ -88,9 +83,11 @@ def _forwards(model: nn.Module, handle: Any, batch_size: int, seq_len: int, devi
                 full()
         finally:
             hook.remove()
-        seq = {"tokens": int(captured["inputs_embeds"].shape[1]), "image_tokens": int(cfg.num_image_tokens),
-               "state_tokens": 1, "text_tokens": int(cfg.max_text_tokens), "action_queries": int(cfg.chunk_size),
-               "chunk_size": int(cfg.chunk_size)}
+        if "inputs_embeds" not in captured:
+            raise VlatrimError(f"the {family.name} model does not call its backbone ({type(owner).__name__}) with "
+                               "inputs_embeds=..., so its backbone cannot be timed alone")
+        seq = {"tokens": int(captured["inputs_embeds"].shape[1]), **family.sequence_info(model)}
+        seq.setdefault("chunk_size", None)
     else:  # a transformers text model: random tokens
         vocab = int(handle.vocab_size)
         ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(device)
@@ -149,20 +146,20 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
     Returns:
         One entry of bench.json's ``models``.
     """
-    from vlatrim.models.adapters import locate_backbone
-    from vlatrim.prune import load_pruned
+    from vlatrim.families import family_of
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise VlatrimError(f"--model {str(path)!r} is not a checkpoint directory (no config.json)")
-    model = load_pruned(path).to(device).eval()
-    handle = locate_backbone(model)
+    family = family_of(path)
+    model = family.load(path).to(device).eval()
+    handle = family.handle(model)
     params = params_by_component(handle)
     params["by_module"] = {n: count_params(m) for n, m in model.named_children()}
     own = sum(p.numel() for p in model.parameters(recurse=False))  # e.g. the VLA's learned action queries
     if own:
         params["by_module"]["(own parameters)"] = own
-    full, backbone, seq = _forwards(model, handle, batch_size, seq_len, device, seed)
+    full, backbone, seq = _forwards(family, model, handle, batch_size, seq_len, device, seed)
     with eager_attention(handle.owner):  # so the counter sees attention matmuls (SDPA on CPU is invisible)
         flops_full = counted_flops(full)
         flops_backbone = counted_flops(backbone)
@@ -173,7 +170,7 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
     gc.collect()  # the previous model's memory goes back before this one is measured
     mem = peak_memory(full, device)
     entry: dict[str, Any] = {
-        "path": str(path), "name": path.name, "class": type(model).__name__,
+        "path": str(path), "name": path.name, "class": type(model).__name__, "family": family.name,
         "num_blocks": len(handle.blocks), "blocks_path": handle.blocks_path, "prune": _prune_info(path),
         "params": params, "weight_bytes": weight_bytes(model),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -140,6 +140,22 @@ class PolicyFamily:
         (offline action error on held-out episodes)."""
         raise VlatrimError(f"a {self.name} model predicts no actions")
 
+    def example_batch(self, model: nn.Module, batch_size: int, generator: torch.Generator,
+                      instruction: str) -> dict[str, Any] | None:
+        """Synthetic observations (random image and state, ``instruction`` tokenized) for benchmarks, on
+        the model's device; None for a model that takes only text (bench then feeds random tokens)."""
+        return None
+
+    def act(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The deployed computation: an observation batch to an action chunk (B, T, A) on the model's
+        device (what ``vlatrim bench`` times as the full forward). Default: ``predict_batch``."""
+        return self.predict_batch(model, batch)
+
+    def sequence_info(self, model: nn.Module) -> dict[str, Any]:
+        """What the backbone's input sequence is made of, for bench.json (e.g. image / text tokens,
+        ``chunk_size``: actions per forward, for the control rate)."""
+        return {}
+
     def policy(self, model: nn.Module, device: str | torch.device = "cpu") -> Any:
         """A ``vlatrim.sim.policy.Policy`` (with an ``io`` declaration) that runs ``model`` in closed loop."""
         raise VlatrimError(f"a {self.name} model is not a policy: it predicts no actions, so it cannot be evaluated "

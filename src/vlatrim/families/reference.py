@@ -81,6 +81,25 @@ class ReferenceFamily(PolicyFamily):
         h, out = model.encode(batch["image"], batch["state"], batch["input_ids"], batch["attention_mask"])
         return int(out.last_hidden_state.shape[1])
 
+    def example_batch(self, model: nn.Module, batch_size: int, generator: torch.Generator,
+                      instruction: str) -> dict[str, Any] | None:
+        cfg = model.config
+        device = next(model.parameters()).device
+        s = cfg.image_size
+        ids, mask = model.tokenize([instruction] * batch_size)
+        return {"image": torch.randint(0, 256, (batch_size, s, s, 3), generator=generator, dtype=torch.uint8).to(device),
+                "state": torch.randn(batch_size, cfg.state_dim, generator=generator).to(device),
+                "input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+    def act(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        h, _ = model.encode(batch["image"], batch["state"], batch["input_ids"], batch["attention_mask"])  # (B, T, D)
+        return model.action_normalizer.unnormalize(model.head.decode(model.head(h)))  # (B, T, A)
+
+    def sequence_info(self, model: nn.Module) -> dict[str, Any]:
+        cfg = model.config
+        return {"image_tokens": int(cfg.num_image_tokens), "state_tokens": 1, "text_tokens": int(cfg.max_text_tokens),
+                "action_queries": int(cfg.chunk_size), "chunk_size": int(cfg.chunk_size)}
+
     def policy(self, model: nn.Module, device: str | torch.device = "cpu") -> Any:
         from vlatrim.models.reference.policy import ReferenceVLAPolicy
 
