@@ -31,6 +31,7 @@ from vlatrim.bench.memory import peak_memory, weight_bytes
 from vlatrim.bench.modes import MODES, ModeUnavailable
 from vlatrim.bench.params import count_params, params_by_component
 from vlatrim.errors import VlatrimError
+from vlatrim.utils.device import resolve_device
 from vlatrim.utils.io import read_json, write_json_atomic
 
 BENCH_SCHEMA_VERSION = 1
@@ -48,17 +49,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
         info["threads"] = torch.get_num_threads()
         info["cpu_count"] = os.cpu_count()
     return info
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VlatrimError(f"--device {device!r} needs CUDA, which this machine lacks; valid here: cpu, auto")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise VlatrimError(f"--device {device!r} is not valid; valid: cpu, cuda, cuda:N, auto")
-    return torch.device(device)
 
 
 def _forwards(family: Any, model: nn.Module, handle: Any, batch_size: int, seq_len: int, device: torch.device,

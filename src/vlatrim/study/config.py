@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlatrim.errors import VlatrimError
+from vlatrim.utils.config import strict_from_dict
 
 RECOVERY_METHODS = ("full", "lora", "distill")
 
@@ -115,8 +116,4 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise VlatrimError(f"unknown study setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "study setting")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlatrim.errors import VlatrimError
+from vlatrim.utils.config import strict_from_dict
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -80,8 +81,4 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise VlatrimError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "training setting")

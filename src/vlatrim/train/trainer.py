@@ -63,6 +63,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.models.checkpoint import load_weights, write_checkpoint
 from vlatrim.train.config import TrainerConfig
 from vlatrim.train.data import ResumableBatchSampler, collate_batch
+from vlatrim.utils.device import resolve_device
 from vlatrim.utils.hardware import cpu_has_native_bf16
 from vlatrim.utils.io import atomic_dir, ensure_empty_dir, read_json, write_json_atomic
 
@@ -551,10 +552,7 @@ def make_accelerator(config: TrainerConfig):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 
-    cuda = torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise VlatrimError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    use_cuda = cuda and config.device != "cpu"
+    use_cuda = resolve_device(config.device).type == "cuda"
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if use_cuda else "no"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlatrim.errors import VlatrimError
+from vlatrim.utils.config import strict_from_dict
 
 MODEL_TYPE = "vlatrim_vla"
 """``config.json["model_type"]`` of a reference VLA checkpoint (the policy loader key)."""
@@ -110,11 +111,7 @@ class VLAConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
         """Build from a dict (e.g. ``config.json``), rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise VlatrimError(f"unknown VLA config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "VLA config field")
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
