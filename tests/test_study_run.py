@@ -135,7 +135,7 @@ def test_bad_settings_and_resume_mismatch(study, tmp_path, capsys) -> None:
     assert main(["study", "--out", str(out), "--preset", "tiny", "--data", data]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["study", "--out", str(out), "--preset", "tiny", "--data", data, "--resume", "--train-steps", "5"]) == 2
-    assert "train_steps=5 differs from the study's 20" in capsys.readouterr().err
+    assert "was made with other settings (config.train_steps: run has 20, now 5)" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "x"), "--preset", "tiny", "--data", data, "--ratios", "1.0"]) == 2
     assert "ratio 1.0 is not valid" in capsys.readouterr().err
     assert main(["study", "--out", str(tmp_path / "y"), "--preset", "tiny", "--data", data, "--scorer", "head_taylor"]) == 2

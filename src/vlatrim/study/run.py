@@ -26,6 +26,7 @@ from vlatrim.study.backends import StageUnavailable
 from vlatrim.study.config import StudyConfig
 from vlatrim.study.store import StageLog, run_stage
 from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
+from vlatrim.utils.rundir import check_same_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,9 @@ def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
     saved = read_json(out / CONFIG_FILE, what="study config") if (out / CONFIG_FILE).is_file() else None
     if saved is None:
         raise VlatrimError(f"cannot resume: {str(out)!r} holds no {CONFIG_FILE} (not a vlatrim study)")
-    want = cfg.to_dict()
-    diff = sorted(k for k in set(want) | set(saved["config"]) if want.get(k) != saved["config"].get(k))
-    if diff:
-        k = diff[0]
-        raise VlatrimError(f"cannot resume: setting {k}={want.get(k)!r} differs from the study's {saved['config'].get(k)!r}"
-                           + (f" (and {len(diff) - 1} more)" if len(diff) > 1 else "") + "; use the same flags or a new --out")
-    if (saved.get("data") or None) != (str(Path(data).resolve()) if data else None):
-        raise VlatrimError(f"cannot resume: --data {data!r} differs from the study's {saved.get('data')!r}")
+    check_same_settings({"config": saved.get("config"), "data": saved.get("data") or None},
+                        {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None},
+                        f"the study in {str(out)!r}", "use the same flags and --data, or a new --out")
 
 
 class _Evaluator:

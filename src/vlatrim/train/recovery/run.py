@@ -36,6 +36,7 @@ from vlatrim.train.recovery.config import RecoverySettings
 from vlatrim.train.trainer import Trainer
 from vlatrim.utils.hashing import dir_sha256
 from vlatrim.utils.io import read_json, write_json_atomic
+from vlatrim.utils.rundir import check_same_settings
 from vlatrim.utils.seeding import seed_everything
 
 RUN_CONFIG = "run_config.json"
@@ -90,18 +91,6 @@ class TeacherTokens(Dataset):
 def _tokens_differ(student, teacher, texts: list[str]) -> bool:
     a, b = student.tokenize(texts), teacher.tokenize(texts)
     return not (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]))
-
-
-def _check_resume(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
-    for key in wanted:
-        if saved.get(key) != wanted[key]:
-            if isinstance(wanted[key], dict) and isinstance(saved.get(key), dict):
-                diff = [k for k in wanted[key] if saved[key].get(k) != wanted[key][k]] or sorted(saved[key])
-                what = f"{key}.{diff[0]}: run has {saved[key].get(diff[0])!r}, now {wanted[key].get(diff[0])!r}"
-            else:
-                what = f"{key}: run has {saved.get(key)!r}, now {wanted[key]!r}"
-            raise VlatrimError(f"cannot resume: the run in --out was made with other settings or models ({what}); "
-                               "resume with the same model, data and flags, or start a new --out")
 
 
 def recover(model: str | Path, data: str | Path, out: str | Path, settings: RecoverySettings | None = None,
@@ -163,7 +152,8 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
         wanted["teacher"] = {"path": str(Path(teacher).resolve()), "sha256": dir_sha256(teacher)}
         method.attach_teacher(teacher_model, student, prune_info.get("kept_blocks") if prune_info else None)
     if resume:
-        _check_resume(read_json(out / RUN_CONFIG, "run config"), wanted)
+        check_same_settings({k: v for k, v in read_json(out / RUN_CONFIG, "run config").items() if k in wanted}, wanted,
+                            "the run in --out", "resume with the same model, data and flags, or start a new --out")
 
     train_samples = family.dataset(student, data, "train", settings.val_fraction)
     val_samples = family.dataset(student, data, "held_out", settings.val_fraction)

@@ -1,0 +1,57 @@
+"""Resumable run directories: the one rule for "resume only if the recorded settings match".
+
+Every verb that resumes (demo generation, training, recovery, evaluation, the study) records the
+settings that decide its result when it starts, and refuses to continue a run whose recorded settings
+differ from the ones it is given now, naming the first few differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vlatrim.errors import VlatrimError
+
+
+def settings_diff(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any],
+                  nested: bool = True) -> list[tuple[str, Any, Any]]:
+    """Every setting whose value differs, as (dotted key, recorded value, value now), in the order of
+    ``wanted`` (then keys only ``saved`` has).
+
+    Args:
+        saved: what the run recorded (None: nothing was recorded).
+        wanted: the settings now.
+        nested: descend into values that are dicts on both sides (``trainer.lr``) instead of reporting
+            the whole dict.
+    """
+    saved = saved or {}
+    out: list[tuple[str, Any, Any]] = []
+    for key in [*wanted, *(k for k in saved if k not in wanted)]:
+        a, b = saved.get(key), wanted.get(key)
+        if a == b:
+            continue
+        if nested and isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += [(f"{key}.{k}", x, y) for k, x, y in settings_diff(a, b, nested)]
+        else:
+            out.append((str(key), a, b))
+    return out
+
+
+def describe_diff(diff: list[tuple[str, Any, Any]], limit: int = 1) -> str:
+    """``"(key: run has X, now Y; ...)"`` for the first ``limit`` differences, then how many more differ."""
+    parts = [f"{k}: run has {a!r}, now {b!r}" for k, a, b in diff[:limit]]
+    more = f", and {len(diff) - limit} more" if len(diff) > limit else ""
+    return f"({'; '.join(parts)}){more}"
+
+
+def check_same_settings(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any], what: str, remedy: str,
+                        nested: bool = True) -> None:
+    """Refuse to resume when ``saved`` and ``wanted`` differ.
+
+    Raises:
+        VlatrimError: ``"cannot resume: <what> was made with other settings (<first difference>), and N
+            more; <remedy>"``.
+    """
+    diff = settings_diff(saved, wanted, nested)
+    if diff:
+        raise VlatrimError(f"cannot resume: {what} was made with other settings {describe_diff(diff)}; {remedy}")
