@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from vlatrim.errors import VlatrimError
-from vlatrim.sim.policy import POLICY_LOADERS, ExpertPolicy, Policy, RandomPolicy, load_policy, uses_images
+from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
+from vlatrim.sim.policy import POLICY_LOADERS, Policy, RandomPolicy, load_policy, uses_images
 
 
 def _obs(b: int, raw: np.ndarray | None = None, task: str = "reach-v3") -> dict:
