@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from vlatrim.errors import VlatrimError
-from vlatrim.sim.backends import SIM_BACKENDS, EnvSpec, SimBackend, Step, get_backend
+from vlatrim.sim.backends import SIM_BACKENDS, EnvSpec, GymnasiumEnv, SimBackend, Step, get_backend
 from vlatrim.sim.evaluate import EvalConfig, run_eval
 from vlatrim.sim.policy import PolicyIO, load_policy
 
@@ -91,6 +91,68 @@ class Greedy:
         return a[:, None, :]  # (B, 1, 2)
 
 
+class PointGym:
+    """The point of ``PointEnv`` as a gymnasium env, with a pit at x > 0.25 in task ``pit`` that ends the
+    episode without success (``terminated``); the start position comes from the reset seed."""
+
+    def __init__(self, task: str) -> None:
+        import gymnasium
+
+        self.observation_space = gymnasium.spaces.Box(-10.0, 10.0, (4,), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.task, self.goal = task, np.array([GOALS["near"], 0.0], np.float32)
+        self.seeds: list[int] = []
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        self.seeds.append(seed)
+        self.pos = np.array([-0.1 * (seed % 3), 0.0], np.float32)  # the start decides the seed, the seed the position
+        return np.concatenate([self.pos, self.goal]), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.pos = self.pos + 0.1 * np.clip(np.asarray(action, np.float32), -1, 1)
+        success = bool(np.linalg.norm(self.pos - self.goal) < 0.05)
+        fell = self.task == "pit" and bool(self.pos[0] > 0.25)
+        return np.concatenate([self.pos, self.goal]), float(success), success or fell, False, {"is_success": success}
+
+    def close(self) -> None:
+        pass
+
+
+@SIM_BACKENDS.register("point2d-gym")
+class PointGymBackend(SimBackend):
+    name = "point2d-gym"
+    action_dim = 2
+    state_dim = 2
+    max_steps = 20
+
+    def task_names(self) -> tuple[str, ...]:
+        return ("near", "pit")
+
+    def instruction(self, task: str) -> str:
+        return f"reach the goal ({task})"
+
+    def make_env(self, task: str, spec: EnvSpec) -> GymnasiumEnv:
+        return GymnasiumEnv(PointGym(task), spec, observe=lambda obs: (obs, obs[:2]))
+
+
+def test_a_gymnasium_env_runs_through_the_adapter(tmp_path):
+    from vlatrim.sim.evaluate import evaluate
+
+    r, videos = evaluate(Greedy(PolicyIO(action_dim=2, state_dim=2)), EvalConfig(tasks="near,pit", episodes=3),
+                         "greedy", progress=False, backend="point2d-gym")
+    eps = [(e["task"], e["success"], e["steps"], e["error"]) for e in r.episodes]
+    # Episode k's start (1, 0, k) seeds reset with 1835504127, 1501029259, 2011233431: seed % 3 = 0, 1, 2 puts
+    # the point at x = 0, -0.1, -0.2. The goal takes 5, 6, 7 steps; the pit ends an episode as a failure as
+    # soon as x passes 0.25 (3, 4, 5 steps), before the goal.
+    env = GymnasiumEnv(PointGym("near"), EnvSpec())
+    for k in range(3):
+        env.reset(get_backend("point2d-gym").episode_start("eval", 0, k))
+    assert env.env.seeds == [1835504127, 1501029259, 2011233431]
+    assert eps == [("near", True, 5, None), ("near", True, 6, None), ("near", True, 7, None),
+                   ("pit", False, 3, None), ("pit", False, 4, None), ("pit", False, 5, None)]
+    assert r.per_task["near"]["successes"] == 3 and r.per_task["pit"]["successes"] == 0 and not videos
+
+
 def test_registry_rejects_duplicates_and_unnamed_backends():
     assert "metaworld" in SIM_BACKENDS and "point2d" in SIM_BACKENDS
     with pytest.raises(ValueError, match="simulator backend 'point2d' is already registered"):
@@ -99,7 +161,7 @@ def test_registry_rejects_duplicates_and_unnamed_backends():
         type("Nameless", (SimBackend,), {"action_dim": 2, "max_steps": 5})
     with pytest.raises(TypeError, match="must set 'action_dim' to a positive int"):
         type("NoActions", (SimBackend,), {"name": "no-actions", "max_steps": 5})
-    with pytest.raises(VlatrimError, match="unknown simulator backend 'gazebo'; valid: metaworld, point2d"):
+    with pytest.raises(VlatrimError, match="unknown simulator backend 'gazebo'; valid: metaworld, point2d, point2d-gym"):
         get_backend("gazebo")
 
 

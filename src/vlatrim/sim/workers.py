@@ -40,7 +40,8 @@ class Reset:
 
 @dataclass
 class Act:
-    """Main -> worker: execute ``actions`` in slot ``slot``, stopping at success or ``max_steps``."""
+    """Main -> worker: execute ``actions`` in slot ``slot``, stopping when the episode ends (success,
+    the env's own termination, or ``max_steps``)."""
 
     slot: int
     actions: np.ndarray  # float32 (n, action_dim): the executed part of a chunk
@@ -60,7 +61,7 @@ class Observed:
     raw: np.ndarray  # float32 (raw_dim,)
     state: np.ndarray | None  # float32 (state_dim,)
     images: dict[str, np.ndarray]  # camera -> uint8 (H, W, 3); {} unless the policy reads images
-    done: bool  # the episode ended (success or step limit)
+    done: bool  # the episode ended (success, the env terminated it, or the step limit)
     success: bool
     steps: int  # env steps of the episode so far
     frames: list[np.ndarray] | None = None  # the episode's recorded frames, uint8 (H, W, 3), when done and recorded
@@ -135,9 +136,9 @@ def worker_main(conn: Connection, parent_pid: int, backend: SimBackend, spec: En
                         steps_taken = env.steps
                         if slot.record:
                             slot.frames.append(step.image)
-                        if step.success or env.steps >= msg.max_steps:
+                        if step.success or step.terminated or env.steps >= msg.max_steps:
                             break
-                    done = bool(step.success) or env.steps >= msg.max_steps
+                    done = bool(step.success or step.terminated) or env.steps >= msg.max_steps
                     conn.send(observed(k, slot, step, done))
                 else:
                     raise RuntimeError(f"unknown message {type(msg).__name__}")

@@ -16,7 +16,7 @@ ones); a ``SimBackend`` instance passes through, so library calls accept either.
 import importlib
 import pkgutil
 
-from vlatrim.sim.backends.base import SIM_BACKENDS, SPLITS, EnvSpec, SimBackend, SimEnv, Step
+from vlatrim.sim.backends.base import SIM_BACKENDS, SPLITS, EnvSpec, GymnasiumEnv, SimBackend, SimEnv, Step
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base":
@@ -30,4 +30,4 @@ def get_backend(backend: "str | SimBackend") -> SimBackend:
     return SIM_BACKENDS.get(backend)()
 
 
-__all__ = ["SIM_BACKENDS", "SPLITS", "EnvSpec", "SimBackend", "SimEnv", "Step", "get_backend"]
+__all__ = ["SIM_BACKENDS", "SPLITS", "EnvSpec", "GymnasiumEnv", "SimBackend", "SimEnv", "Step", "get_backend"]

@@ -11,7 +11,8 @@ needs the simulator itself):
   ``state_dim`` of the proprioceptive state (None: no state);
 - ``action_dim`` and ``max_steps`` (the hard step limit of one episode);
 - seeded episode starts (``episode_start``) and the environment factory (``make_env``), whose envs
-  report success on every ``Step``;
+  report success (and termination without success) on every ``Step``; a simulator with gymnasium's
+  API is wrapped by ``GymnasiumEnv``;
 - its built-in policies (``policies``: name -> factory(seed)).
 
 Backends are pickled into the evaluator's worker processes (spawned), so keep their instances small
@@ -44,12 +45,15 @@ class Step:
         state: float32 (state_dim,): the proprioceptive state a policy receives, or None.
         images: camera name -> uint8 (H, W, 3) upright frame; empty while capture is off.
         success: the backend's success signal after this step (False after a reset).
+        terminated: the episode is over without success (the env cannot go on); the evaluator
+            records a failure at this step.
     """
 
     raw: np.ndarray
     state: np.ndarray | None
     images: dict[str, np.ndarray] = field(default_factory=dict)
     success: bool = False
+    terminated: bool = False
 
     @property
     def image(self) -> np.ndarray | None:
@@ -200,6 +204,60 @@ class SimBackend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class GymnasiumEnv:
+    """A ``gymnasium.Env`` as a ``SimEnv``, for backends whose simulator speaks gymnasium's API.
+
+    ``reset(start)`` calls ``env.reset(seed=...)`` with a seed derived from the start tuple (through a
+    ``numpy.random.SeedSequence``), so the start alone decides the episode. After each
+    ``env.step(action)``, success is ``info[success_key]``; ``terminated`` or ``truncated`` without
+    success ends the episode as a failure (``Step.terminated``).
+
+    Args:
+        env: the environment; actions are float (action_dim,) as its action space takes them.
+        spec: the evaluator's ``EnvSpec`` (cameras and image size handed to ``render``).
+        observe: ``obs -> (raw, state)``: the full observation and the state a policy receives
+            (None: none); default: ``raw = gymnasium.spaces.flatten(env.observation_space, obs)``,
+            no state.
+        render: ``(env, camera, image_size) -> uint8 (H, W, 3)``; None: the env renders nothing.
+        success_key: the ``info`` key of the success flag (gymnasium-robotics' ``is_success``).
+    """
+
+    def __init__(self, env: Any, spec: EnvSpec,
+                 observe: Callable[[Any], tuple[np.ndarray, np.ndarray | None]] | None = None,
+                 render: Callable[[Any, str, int], np.ndarray] | None = None, success_key: str = "is_success") -> None:
+        self.env, self.spec, self.success_key = env, spec, success_key
+        self._observe_fn, self._render_fn = observe, render
+        self.steps = 0
+        self.capture = spec.render and render is not None
+
+    def _observe(self, obs: Any, success: bool, terminated: bool) -> Step:
+        if self._observe_fn is not None:
+            raw, state = self._observe_fn(obs)
+        else:
+            import gymnasium
+
+            raw, state = gymnasium.spaces.flatten(self.env.observation_space, obs), None
+        images = {}
+        if self.capture and self._render_fn is not None:
+            images = {c: self._render_fn(self.env, c, self.spec.image_size) for c in self.spec.cameras}
+        return Step(np.asarray(raw, np.float32), None if state is None else np.asarray(state, np.float32), images,
+                    success, terminated and not success)
+
+    def reset(self, start: tuple[int, ...]) -> Step:
+        seed = int(np.random.SeedSequence([int(x) for x in start]).generate_state(1)[0] & 0x7FFFFFFF)
+        obs, _ = self.env.reset(seed=seed)
+        self.steps = 0
+        return self._observe(obs, False, False)
+
+    def step(self, action: np.ndarray) -> Step:
+        obs, _, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        return self._observe(obs, bool(info.get(self.success_key, False)), bool(terminated or truncated))
+
+    def close(self) -> None:
+        self.env.close()
 
 
 @dataclass(frozen=True)
