@@ -186,7 +186,7 @@ def test_a_backend_defined_here_runs_through_run_eval(tmp_path):
     data = json.loads(path.read_text())
     assert data == json.loads(json.dumps(data)) and sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["eval.json"]
     s = data["settings"]
-    assert (s["backend"], s["tasks"], s["max_steps"], s["camera"], s["cameras"], s["render"]) == ("point2d", ["near", "far"], 20, "top", ["top"], False)
+    assert (s["backend"], s["tasks"], s["max_steps"], s["camera"], s["cameras"], s["render"]) == ("point2d", ["near", "far"], 20, "top", [], False)
     near, far = data["per_task"]["near"], data["per_task"]["far"]
     assert (near["successes"], near["episodes"], near["mean_steps"], near["instruction"]) == (3, 3, 6.0, "move to the near goal")
     assert (far["successes"], far["episodes"], far["mean_steps"], far["mean_steps_success"]) == (0, 3, 20.0, None)

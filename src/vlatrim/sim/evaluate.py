@@ -445,7 +445,8 @@ class _Run:
         self.results.sort(key=lambda r: (cfg.tasks.index(r.task), r.episode))
         result = _summarise(cfg, self.policy_name, self.render, self.results, t_start, self.t_first or t_start, t_end,
                             self.env_steps, self.n_calls, self.batch_sizes, self.policy_seconds, self.n_workers,
-                            self.per_worker, resumed=self.resumed, backend=self.backend, cameras=self.cameras)
+                            self.per_worker, resumed=self.resumed, backend=self.backend,
+                            cameras=self.cameras if self.render else ())
         return result, self.videos
 
 
@@ -512,7 +513,7 @@ def _summarise(cfg: EvalConfig, policy_name: str, render: bool, results: list[Ep
         "errors": sum(r.error is not None for r in results),
     }
     rollout = max(t_end - t_first, 1e-9)
-    cams = list(cameras) if cameras is not None else ([cfg.camera] if cfg.camera else [])
+    cams = list(cameras) if cameras is not None else ([cfg.camera] if render and cfg.camera else [])  # rendered for the policy
     settings = {"backend": b.name, **asdict(cfg), "policy": policy_name, "render": render, "cameras": cams,
                 "workers_used": n_workers}
     n_run = len(results) - resumed
