@@ -2,7 +2,7 @@
 
 What it runs (each stage is cached under --work, so a rerun skips what is done):
 1. demos: Meta-World scripted-expert demonstrations (successful episodes, <= 200 steps) rendered by
-   ``vlatrim.sim.env`` and written by ``vlatrim.data.lerobot.LeRobotWriter``;
+   ``vlatrim.sim.backends.metaworld.env`` and written by ``vlatrim.data.lerobot.LeRobotWriter``;
 2. train: a reference VLA whose language backbone is a randomly initialised 24-block Llama (GQA:
    4 query / 2 KV heads, width 128) trained briefly from scratch with the ``quick`` preset's VLA
    settings (conv encoder, chunk of 4, L1) - a trained 24-block model is not available offline;
@@ -43,10 +43,10 @@ def stage_data(work: Path, episodes: int, image_size: int) -> Path:
     """Scripted-expert demos of TASKS (successful episodes only) written with the LeRobot v3 writer."""
     import numpy as np
 
-    from vlatrim.data.instructions import instruction_for
     from vlatrim.data.lerobot import LeRobotWriter, metaworld_features
-    from vlatrim.sim.env import MetaWorldEnv, episode_start
-    from vlatrim.sim.policy import ExpertPolicy
+    from vlatrim.sim.backends.metaworld.env import MetaWorldEnv, episode_start
+    from vlatrim.sim.backends.metaworld.instructions import instruction_for
+    from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
     from vlatrim.sim.render import ensure_gl_backend
     from vlatrim.utils.io import atomic_dir
 

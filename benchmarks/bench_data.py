@@ -1,6 +1,6 @@
 """Demonstration generation and dataset reading benchmark -> benchmarks/results/data.json.
 
-1. `vlatrim data metaworld` through the library (vlatrim.data.metaworld_demos.generate_demos): frames/s
+1. `vlatrim data metaworld` through the library (vlatrim.sim.backends.metaworld.demos.generate_demos): frames/s
    of scripted-expert rollouts with images (96 px), with 1 and 2 worker processes, and the time an
    MT10 x 50-episode run would take at that rate (using the measured mean episode length).
 2. Reading the result back (vlatrim.data.lerobot.LeRobotDataset): open time (all non-image
@@ -27,8 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vlatrim.data.lerobot import LeRobotDataset  # noqa: E402
-from vlatrim.data.metaworld_demos import DemoConfig, generate_demos  # noqa: E402
-from vlatrim.data.tasks import MT10  # noqa: E402
+from vlatrim.sim.backends.metaworld.demos import DemoConfig, generate_demos  # noqa: E402
+from vlatrim.sim.backends.metaworld.tasks import MT10  # noqa: E402
 from vlatrim.sim.render import ensure_gl_backend  # noqa: E402
 from vlatrim.utils.io import write_json_atomic  # noqa: E402
 

@@ -66,8 +66,8 @@ def throughput_run(task: str, episodes: int, workers: int, image_size: int, poli
 
 
 def _bare_loop(task: str, image_size: int, seconds: float, barrier, q) -> None:
-    from vlatrim.sim.env import MetaWorldEnv, episode_start
-    from vlatrim.sim.policy import ExpertPolicy
+    from vlatrim.sim.backends.metaworld.env import MetaWorldEnv, episode_start
+    from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
 
     expert = ExpertPolicy()
     with MetaWorldEnv(task, image_size=image_size) as env:

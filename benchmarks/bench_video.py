@@ -1,7 +1,7 @@
 """Video storage benchmark -> benchmarks/results/video.json.
 
 On real Meta-World frames (scripted-expert demonstrations at 96 px, made with
-vlatrim.data.metaworld_demos.generate_demos):
+vlatrim.sim.backends.metaworld.demos.generate_demos):
 1. dataset images as PNGs in the parquet (the default) vs MP4 video (`vlatrim data metaworld --video`,
    H.264 yuv444p CRF 12), and beside it two other encodings: H.264 yuv420p CRF 18 and LeRobot's own
    default (AV1 libsvtav1, yuv420p, CRF 30, key frame every 2 frames): bytes on disk, encode frames/s
@@ -33,8 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vlatrim.data.lerobot import LeRobotDataset, LeRobotWriter, metaworld_features  # noqa: E402
-from vlatrim.data.metaworld_demos import DemoConfig, generate_demos  # noqa: E402
 from vlatrim.errors import VlatrimError  # noqa: E402
+from vlatrim.sim.backends.metaworld.demos import DemoConfig, generate_demos  # noqa: E402
 from vlatrim.utils.io import write_json_atomic  # noqa: E402
 from vlatrim.utils.video import available_encoders, pick_encoder, stream_info, write_clip  # noqa: E402
 

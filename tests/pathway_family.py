@@ -28,6 +28,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.families import LossInfo, PolicyFamily, SampleSet, register_family
 from vlatrim.families.base import NoSamples
 from vlatrim.prune.plan import Coupling
+from vlatrim.sim.policy import PolicyIO
 
 MODEL_TYPE = "test_pathway_vla"
 VISION_PATH, ACTION_PATH = "vision.layers", "action_layers"
@@ -126,6 +127,8 @@ class PathwayPolicy:
         self.model = model.eval()
         self.image_size = model.config.image_size
         self.chunk_size = model.config.chunk_size
+        self.io = PolicyIO(action_dim=model.config.action_dim, state_dim=model.config.state_dim, cameras=("corner",),
+                           image_size=model.config.image_size, chunk_size=model.config.chunk_size)
 
     def reset(self, n: int) -> None:
         pass

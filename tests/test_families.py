@@ -183,7 +183,7 @@ def test_eval_runs_the_familys_policy_in_metaworld(model_dir, tmp_path):
     assert ev["per_task"]["drawer-close-v3"]["episodes"] == 2 and ev["per_task"]["drawer-close-v3"]["errors"] == 0
     assert [e["steps"] for e in ev["episodes"]] == [6, 6] or ev["overall"]["mean_success"] > 0
     policy = load_policy(str(model_dir))
-    assert policy.image_size == 16
+    assert policy.io.image_size == 16 and ev["settings"]["cameras"] == ["corner"]
 
 
 def test_registry_rules():

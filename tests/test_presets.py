@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from vlatrim.data.tasks import parse_tasks
+from vlatrim.sim.backends.metaworld.tasks import parse_tasks
 from vlatrim.study.presets import STUDY_PRESET_HELP, STUDY_PRESETS, resolve_study_config, study_preset_help
 from vlatrim.train.presets import TRAIN_PRESETS, train_preset_help
 

@@ -9,7 +9,7 @@ import pytest
 
 from vlatrim.errors import VlatrimError
 from vlatrim.sim import render
-from vlatrim.sim.env import STARTS_PER_SEED, episode_start
+from vlatrim.sim.backends.metaworld.env import STARTS_PER_SEED, episode_start
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def test_episode_starts_are_distinct_and_split_apart():
 def test_render_frame_cheap_settings_upright():
     import mujoco
 
-    from vlatrim.sim.env import MetaWorldEnv
+    from vlatrim.sim.backends.metaworld.env import MetaWorldEnv
 
     render.ensure_gl_backend()
     with MetaWorldEnv("reach-v3", image_size=64) as env:
@@ -76,8 +76,8 @@ def test_render_frame_cheap_settings_upright():
 
 @pytest.mark.integration
 def test_env_is_deterministic_per_start_and_demo_eval_starts_differ():
-    from vlatrim.sim.env import MetaWorldEnv
-    from vlatrim.sim.policy import ExpertPolicy
+    from vlatrim.sim.backends.metaworld.env import MetaWorldEnv
+    from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
 
     expert = ExpertPolicy()
     with MetaWorldEnv("drawer-open-v3", render=False) as env:
@@ -103,7 +103,7 @@ def test_env_is_deterministic_per_start_and_demo_eval_starts_differ():
 def test_envs_sharing_a_start_cache_build_each_start_table_once():
     # Evaluation workers share one cache across their slots' envs: the same (task, seed) start table
     # must be built once and give both envs the same start.
-    from vlatrim.sim.env import MetaWorldEnv, episode_start
+    from vlatrim.sim.backends.metaworld.env import MetaWorldEnv, episode_start
 
     cache: dict = {}
     start = episode_start("eval", 0, 3)
@@ -123,7 +123,7 @@ def test_direct_env_factory_matches_gym_make():
     from metaworld import MT1
     from metaworld.policies import ENV_POLICY_MAP
 
-    from vlatrim.sim.env import make_mt1_env
+    from vlatrim.sim.backends.metaworld.env import make_mt1_env
 
     def rollout(env, task):
         env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)

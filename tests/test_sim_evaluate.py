@@ -27,12 +27,18 @@ from vlatrim.sim.evaluate import (
 
 
 def test_config_validation():
-    assert EvalConfig(tasks="mt10", episodes=1).tasks[-1] == "window-close-v3"
+    cfg = EvalConfig(tasks="mt10", episodes=1).resolve("metaworld")  # bound to Meta-World: tasks, limit, camera
+    assert cfg.tasks[-1] == "window-close-v3" and cfg.max_steps == 500 and cfg.camera == "corner"
+    assert cfg.resolve("metaworld") == cfg  # idempotent
     for kw, msg in [({"episodes": 0}, "--episodes must be >= 1"), ({"workers": 0}, "--workers must be >= 1"),
-                    ({"max_steps": 600}, r"--max-steps must be in 1..500"), ({"n_action_steps": 0}, "--n-action-steps must be >= 1"),
-                    ({"tasks": "reach,pusj"}, "unknown task 'pusj'")]:
+                    ({"max_steps": 600}, r"--max-steps must be in 1..500 \(backend metaworld's limit\), got 600"),
+                    ({"n_action_steps": 0}, "--n-action-steps must be >= 1"),
+                    ({"tasks": "reach,pusj"}, "unknown task 'pusj'"),
+                    ({"camera": "wrist"}, "--camera 'wrist' is not a camera of backend metaworld; valid: corner, corner2")]:
         with pytest.raises(VlatrimError, match=msg):
-            EvalConfig(**{"tasks": "reach", "episodes": 2, **kw})
+            EvalConfig(**{"tasks": "reach", "episodes": 2, **kw}).resolve("metaworld")
+    with pytest.raises(VlatrimError, match="unknown simulator backend 'mujoco'; valid: metaworld"):
+        EvalConfig(tasks="reach", episodes=1).resolve("mujoco")
 
 
 def test_summary_numbers():
@@ -165,7 +171,7 @@ class _ChunkedExpert:
     uses_images = True
 
     def __init__(self, nan_call: int | None) -> None:
-        from vlatrim.sim.policy import ExpertPolicy
+        from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
 
         self.expert, self.nan_call, self.calls, self.resets, self.seen = ExpertPolicy(), nan_call, 0, [], []
 
@@ -207,7 +213,7 @@ class _NaNTailExpert:
     uses_images = False
 
     def __init__(self) -> None:
-        from vlatrim.sim.policy import ExpertPolicy
+        from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
 
         self.expert = ExpertPolicy()
 
@@ -233,8 +239,8 @@ def test_only_the_executed_part_of_a_chunk_must_be_finite():
 def test_slots_do_not_change_results():
     # Episodes are seeded by index: running two at once per worker (double-buffered slots) must give
     # every episode exactly the result it gets in plain lock-step.
+    from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
     from vlatrim.sim.evaluate import evaluate
-    from vlatrim.sim.policy import ExpertPolicy
 
     runs = {}
     for per_worker in (1, 2):
@@ -251,7 +257,7 @@ class _KillerExpert:
     uses_images = False
 
     def __init__(self, kill_call: int) -> None:
-        from vlatrim.sim.policy import ExpertPolicy
+        from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
 
         self.expert, self.kill_call, self.calls = ExpertPolicy(), kill_call, 0
 

@@ -1,4 +1,4 @@
-"""The policy contract: built-ins, checkpoint-loader registry and load_policy's errors."""
+"""The policy contract: built-ins and load_policy's errors (checkpoints load through their policy family)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from vlatrim.errors import VlatrimError
-from vlatrim.sim.policy import POLICY_LOADERS, ExpertPolicy, Policy, RandomPolicy, load_policy, uses_images
+from vlatrim.families import load_policy
+from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
+from vlatrim.sim.policy import Policy, RandomPolicy, uses_images
 
 
 def _obs(b: int, raw: np.ndarray | None = None, task: str = "reach-v3") -> dict:
@@ -53,36 +55,7 @@ def test_load_policy_errors(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(VlatrimError, match="is not a JSON object"):
         load_policy(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({"hidden": 3}))
-    with pytest.raises(VlatrimError, match="has no 'model_type'"):
-        load_policy(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mystery-vla"}))
-    with pytest.raises(VlatrimError, match=r"unknown policy model_type 'mystery-vla'; valid: "):
+    with pytest.raises(VlatrimError, match=r"no policy family recognises .* \(config.json names 'mystery-vla'\); "
+                                           r"registered families: vlatrim_vla, "):
         load_policy(str(tmp_path))
-
-
-def test_registered_loader_is_used(tmp_path):
-    seen = {}
-
-    class Constant:
-        def reset(self, n):
-            pass
-
-        def predict(self, obs):
-            return np.full((len(obs["state"]), 3, 4), 0.25, np.float32)
-
-    def loader(path, device):
-        seen.update(path=path, device=device)
-        return Constant()
-
-    name = "test-constant-policy"
-    POLICY_LOADERS.register(name)(loader)
-    try:
-        (tmp_path / "config.json").write_text(json.dumps({"model_type": name}))
-        p = load_policy(str(tmp_path), device="meta")
-        assert seen == {"path": tmp_path, "device": "meta"}
-        assert p.predict(_obs(2)).shape == (2, 3, 4) and uses_images(p)
-        with pytest.raises(ValueError, match="already registered"):
-            POLICY_LOADERS.register(name)(loader)
-    finally:
-        POLICY_LOADERS._entries.pop(name)

@@ -12,7 +12,7 @@ from vlatrim.cli.main import main
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vlatrim.data.metaworld_demos") is None
+@pytest.mark.skipif(importlib.util.find_spec("vlatrim.sim.backends.metaworld.demos") is None
                     or importlib.util.find_spec("vlatrim.sim.evaluate") is None,
                     reason="demo generation / closed-loop evaluation not in this build")
 def test_study_generates_demos_and_measures_success(tmp_path) -> None:

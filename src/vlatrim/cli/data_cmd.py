@@ -42,7 +42,7 @@ class DataMetaWorldCommand:
     (browser-playable, smaller, lossier)."""
 
     def run(self) -> None:
-        from vlatrim.data.metaworld_demos import DemoConfig, generate_demos
+        from vlatrim.sim.backends.metaworld.demos import DemoConfig, generate_demos
 
         logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
         cfg = DemoConfig(

@@ -1,4 +1,4 @@
-"""``vlatrim eval``: closed-loop success of a policy in Meta-World, written to ``eval.json``."""
+"""``vlatrim eval``: closed-loop success of a policy in a simulator backend (Meta-World by default), written to ``eval.json``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from vlatrim.cli.registry import COMMANDS
 @COMMANDS.register("eval")
 @dataclass
 class EvalCommand:
-    """Evaluate a policy (checkpoint directory, 'expert' or 'random') in Meta-World; write eval.json."""
+    """Evaluate a policy (checkpoint directory, 'expert' or 'random') in a simulator (Meta-World); write eval.json."""
 
     policy: str
-    """Checkpoint directory (config.json with a registered model_type), or 'expert' / 'random'."""
+    """Checkpoint directory (config.json with a registered model_type), or a built-in of the backend
+    (Meta-World: 'expert' / 'random')."""
     tasks: str
-    """Task names, 'mt10', 'mt50' or difficulty groups (easy, medium, hard, very_hard), comma-separated."""
+    """Task names or groups of the backend, comma-separated (Meta-World: names, 'mt10', 'mt50', easy, medium,
+    hard, very_hard)."""
     episodes: int
     """Episodes per task."""
     out: str
@@ -28,8 +30,8 @@ class EvalCommand:
     envs_per_worker: int = 2
     """Episodes each worker runs at once, served alternately so that policy calls overlap with stepping
     (1: plain lock-step). Results do not depend on it."""
-    max_steps: int = 500
-    """Step limit per episode (at most Meta-World's 500)."""
+    max_steps: int | None = None
+    """Step limit per episode (default and most: the backend's limit, Meta-World's 500)."""
     video: bool = False
     """Record the first --video-episodes episodes of each task as videos/<task>_ep<k>.<format>."""
     video_episodes: int = 2
@@ -43,20 +45,26 @@ class EvalCommand:
     n_action_steps: int | None = None
     """Actions of each predicted chunk to execute before re-planning (default: the whole chunk)."""
     image_size: int | None = None
-    """Camera image side in pixels (default: the policy's `image_size` attribute if it has one, else 96)."""
+    """Camera image side in pixels (default: the policy's `io.image_size` or `image_size` attribute if it has one, else 96)."""
     device: str = "cpu"
     """Torch device for checkpoint policies."""
+    backend: str = "metaworld"
+    """Simulator backend, a registered name (vlatrim.sim.backends.SIM_BACKENDS; 'metaworld')."""
 
     def run(self) -> None:
-        from vlatrim.data.tasks import parse_tasks
         from vlatrim.families import load_policy
+        from vlatrim.sim.backends import get_backend
         from vlatrim.sim.evaluate import EvalConfig, check_out, run_eval
+        from vlatrim.sim.policy import policy_io
 
         logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        backend = get_backend(self.backend)  # an unknown name lists the registered ones
         check_out(self.out, resume=self.resume)  # before loading a model and minutes of rollouts, not after
-        parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
-        policy = load_policy(self.policy, device=self.device, seed=self.seed)
-        image_size = self.image_size or int(getattr(policy, "image_size", None) or 96)
+        backend.parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
+        policy = load_policy(self.policy, device=self.device, seed=self.seed, backend=backend)
+        io = policy_io(policy)
+        declared = (io.image_size if io is not None else None) or getattr(policy, "image_size", None)
+        image_size = self.image_size or int(declared or 96)
         cfg = EvalConfig(
             tasks=self.tasks,
             episodes=self.episodes,
@@ -69,6 +77,6 @@ class EvalCommand:
             video_episodes=self.video_episodes if self.video else 0,
             video_format=self.video_format,
         )
-        result, path = run_eval(policy, cfg, self.out, policy_name=self.policy, resume=self.resume)
+        result, path = run_eval(policy, cfg, self.out, policy_name=self.policy, resume=self.resume, backend=backend)
         print(json.dumps({"eval": str(path), "mean_success": result.overall["mean_success"],
                           "per_task": {t: v["success_rate"] for t, v in result.per_task.items()}}))

@@ -28,21 +28,22 @@ from vlatrim.families.base import (
 )
 
 
-def load_policy(spec: str, device: str = "cpu", seed: int = 0) -> Any:
-    """A closed-loop policy: a simulator built-in (``expert``, ``random``) or a checkpoint directory,
-    loaded by its family.
+def load_policy(spec: str, device: str = "cpu", seed: int = 0, backend: Any = "metaworld") -> Any:
+    """A closed-loop policy: a built-in of the simulator backend (Meta-World: ``expert``, ``random``) or a
+    checkpoint directory, loaded by its family.
 
     Raises:
         VlatrimError: neither a built-in nor a checkpoint directory a family recognises, or a family
             whose models are not policies.
     """
-    from vlatrim.sim.policy import BUILTIN_POLICIES
+    from vlatrim.sim.policy import builtin_names, builtin_policy
 
-    if spec in BUILTIN_POLICIES:
-        return BUILTIN_POLICIES.get(spec)(seed)
+    policy = builtin_policy(spec, seed, backend)
+    if policy is not None:
+        return policy
     path = Path(spec)
     if not path.is_dir():
-        raise VlatrimError(f"policy {spec!r} is neither a built-in ({', '.join(BUILTIN_POLICIES.names())}) nor a "
+        raise VlatrimError(f"policy {spec!r} is neither a built-in ({', '.join(builtin_names(backend))}) nor a "
                            "checkpoint directory")
     fam = family_of(path)
     return fam.policy(fam.load(path, device=device), device=device)

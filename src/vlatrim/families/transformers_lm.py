@@ -56,7 +56,9 @@ class TransformersFamily(PolicyFamily):
     trains_policies = False
 
     def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
-        return isinstance(config.get("model_type"), str) and bool(config.get("model_type"))
+        from transformers import CONFIG_MAPPING
+
+        return isinstance(config.get("model_type"), str) and config["model_type"] in CONFIG_MAPPING
 
     def owns(self, model: nn.Module) -> bool:
         from transformers import PreTrainedModel

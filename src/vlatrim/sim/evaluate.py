@@ -1,24 +1,30 @@
-"""Closed-loop evaluation: W environment worker processes, batched policy inference in this process.
+"""Closed-loop evaluation over a simulator backend: W worker processes, batched policy inference here.
 
-Each worker process runs S episodes at a time (``envs_per_worker``), one per *slot*, each slot with
-its own Meta-World env. The main process serves whatever is ready: it files the observations that
-have arrived, calls ``policy.predict`` once on every slot that waits for an action (B <= W x S), and
-sends each slot its action chunk; the worker executes up to ``n_action_steps`` actions of it on its
-own (stopping early at success or the step limit) and replies with the new observation. It blocks
-only while no slot waits, and no worker waits for another (an earlier version served slot groups
-in turn behind a barrier: 2-5% fewer env steps/s with 2 workers). With S = 2 a worker steps one env
-while the policy runs for (and messages travel to) its other, so neither the policy call nor the
-round trip leaves a core idle; replies that arrive during a policy call form the next batch.
-Episodes are handed out as slots free up, so a long failing episode does not hold the others back.
+``Evaluator(backend, cfg)`` runs any registered ``SimBackend`` (``vlatrim.sim.backends``); nothing
+here knows a particular simulator. Each worker process (``vlatrim.sim.workers``) runs S episodes at
+a time (``envs_per_worker``), one per *slot*, each slot with its own env. The main process serves
+whatever is ready: it files the observations that have arrived, calls ``policy.predict`` once on
+every slot that waits for an action (B <= W x S), and sends each slot its action chunk; the worker
+executes up to ``n_action_steps`` actions of it on its own (stopping early at success or the step
+limit) and replies with the new observation. It blocks only while no slot waits, and no worker
+waits for another (an earlier version served slot groups in turn behind a barrier: 2-5% fewer env
+steps/s with 2 workers). With S = 2 a worker steps one env while the policy runs for (and messages
+travel to) its other, so neither the policy call nor the round trip leaves a core idle; replies that
+arrive during a policy call form the next batch. Episodes are handed out as slots free up, so a long
+failing episode does not hold the others back.
 
-Every episode is seeded: episode k of a task starts from ``episode_start("eval", seed, k)``, a start
-pool disjoint from the demonstrations'; which slot runs it does not change its result. An exception
-inside an episode (env, renderer, policy output) is recorded as a failed episode with its error; a
-worker that dies is replaced (its other episodes in flight fail with it).
+Before any worker starts, a policy that declares ``io`` (``vlatrim.sim.policy.PolicyIO``) is checked
+against the backend: a mismatch of action dim, state dim or cameras is refused, naming both sides.
+
+Every episode is seeded: episode k of a task starts from ``backend.episode_start("eval", seed, k)``,
+a start pool disjoint from the demonstrations'; which slot runs it does not change its result. An
+exception inside an episode (env, renderer, policy output) is recorded as a failed episode with its
+error; a worker that dies is replaced (its other episodes in flight fail with it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -26,32 +32,33 @@ import os
 import platform
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlatrim.data.instructions import instruction_for
-from vlatrim.data.tasks import parse_tasks
 from vlatrim.errors import VlatrimError
-from vlatrim.sim.env import MAX_PATH_LENGTH, episode_start
+from vlatrim.sim.backends import SimBackend, get_backend
+from vlatrim.sim.backends.base import EnvSpec
 from vlatrim.sim.metrics import wilson_interval
-from vlatrim.sim.policy import Policy, uses_images
-from vlatrim.sim.procs import exit_with_parent
+from vlatrim.sim.policy import Policy, check_policy_io, policy_io, uses_images
+from vlatrim.sim.workers import Act, Failed, Observed, Reset, WorkerProcess
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BACKEND = "metaworld"
 
 
 @dataclass
 class EvalConfig:
-    """What to evaluate and how."""
+    """What to evaluate and how (backend-independent; ``resolve(backend)`` binds it to one)."""
 
     tasks: list[str]
-    """Meta-World task names (a spec string is expanded by ``parse_tasks``)."""
+    """Task names or a task spec of the backend (Meta-World: names, mt10, mt50, difficulty groups);
+    expanded by ``resolve``."""
     episodes: int
     """Episodes per task."""
     workers: int = 1
@@ -59,16 +66,17 @@ class EvalConfig:
     envs_per_worker: int = 2
     """Episodes each worker runs at once, in slots served alternately: 2 overlaps policy calls and
     round trips with stepping (``1`` is plain lock-step). Results do not depend on it."""
-    max_steps: int = 500
-    """Step limit per episode (at most Meta-World's 500)."""
+    max_steps: int | None = None
+    """Step limit per episode (None: the backend's limit, Meta-World's 500; never above it)."""
     seed: int = 0
     """Run seed: picks each episode's start configuration (eval pool, disjoint from demos)."""
     n_action_steps: int | None = None
     """Actions of each predicted chunk to execute before asking again (None: the whole chunk)."""
     image_size: int = 96
     """Side of the square camera image in pixels (match the policy's training data)."""
-    camera: str = "corner"
-    """Meta-World camera."""
+    camera: str | None = None
+    """Camera rendered for a policy that names none in its ``io`` and for videos (None: the
+    backend's first, Meta-World's ``corner``)."""
     render: bool | None = None
     """Render observations: None = only if the policy uses images; True forces it (benchmarks)."""
     video_episodes: int = 0
@@ -79,15 +87,16 @@ class EvalConfig:
     """Container of the videos: a ``vlatrim.utils.video.VIDEO_FORMATS`` name ('mp4': H.264, 'gif')."""
 
     def __post_init__(self) -> None:
-        self.tasks = parse_tasks(self.tasks)
+        if isinstance(self.tasks, tuple):
+            self.tasks = list(self.tasks)
         if self.episodes < 1:
             raise VlatrimError(f"--episodes must be >= 1, got {self.episodes}")
         if self.workers < 1:
             raise VlatrimError(f"--workers must be >= 1, got {self.workers}")
         if not 1 <= self.envs_per_worker <= 8:
             raise VlatrimError(f"--envs-per-worker must be in 1..8, got {self.envs_per_worker}")
-        if not 1 <= self.max_steps <= MAX_PATH_LENGTH:
-            raise VlatrimError(f"--max-steps must be in 1..{MAX_PATH_LENGTH} (Meta-World's limit), got {self.max_steps}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise VlatrimError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.seed < 0:
             raise VlatrimError(f"--seed must be >= 0, got {self.seed}")
         if self.n_action_steps is not None and self.n_action_steps < 1:
@@ -102,7 +111,27 @@ class EvalConfig:
 
         VIDEO_FORMATS.get(self.video_format)  # an unknown format lists the valid ones
 
-    def content_settings(self, policy_name: str) -> dict[str, Any]:
+    def resolve(self, backend: str | SimBackend = DEFAULT_BACKEND) -> EvalConfig:
+        """A copy bound to ``backend``: tasks expanded, ``max_steps`` and ``camera`` defaults filled
+        in, and checked against what the backend offers (idempotent).
+
+        Raises:
+            VlatrimError: an unknown task, a step limit above the backend's, an unknown camera, or
+                videos from a backend without cameras.
+        """
+        b = get_backend(backend)
+        max_steps = b.max_steps if self.max_steps is None else self.max_steps
+        if not 1 <= max_steps <= b.max_steps:
+            raise VlatrimError(f"--max-steps must be in 1..{b.max_steps} (backend {b.name}'s limit), got {max_steps}")
+        camera = self.camera if self.camera is not None else b.default_camera
+        if camera is not None and camera not in b.cameras:
+            valid = ", ".join(b.cameras) or "(none: it renders no camera)"
+            raise VlatrimError(f"--camera {camera!r} is not a camera of backend {b.name}; valid: {valid}")
+        if self.video_episodes and camera is None:
+            raise VlatrimError(f"backend {b.name} renders no camera; videos need one (set video episodes to 0)")
+        return dataclasses.replace(self, tasks=b.parse_tasks(self.tasks), max_steps=max_steps, camera=camera)
+
+    def content_settings(self, policy_name: str, backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
         """The settings that decide ``eval.json``'s content (what a resumed run must match).
 
         ``workers`` and ``envs_per_worker`` are left out: every episode is seeded, so the results do not
@@ -111,14 +140,14 @@ class EvalConfig:
         d = asdict(self)
         d.pop("workers")
         d.pop("envs_per_worker")
-        return {**d, "policy": policy_name}
+        return {"backend": backend, **d, "policy": policy_name}
 
 
 @dataclass
 class EpisodeResult:
     task: str
     episode: int  # index within the task
-    start: tuple[int, int]  # (MT1 seed, start index) it began from
+    start: tuple[int, ...]  # where it began: backend.episode_start("eval", seed, episode) (Meta-World: MT1 seed, index)
     success: bool = False
     steps: int = 0  # env steps taken (to success, or to the limit)
     error: str | None = None  # set when the episode crashed
@@ -137,89 +166,12 @@ class EvalResult:
     host: dict[str, Any] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------ worker
-def _worker_main(conn: Connection, parent_pid: int, image_size: int, camera: str, render: bool, renderer: bool) -> None:
-    """Serve episodes over ``conn`` until told to stop. Messages (main -> worker), per slot k:
-
-    ("reset", k, task, start, record)  -> ("obs", k, raw, state, image, done, success, steps, frames_or_None)
-    ("act", k, actions (n, 4), max_steps) -> ("obs", k, ...) after up to n steps
-    ("stop",)
-    An exception answers ("error", k, message, traceback lines) and drops slot k's env.
-    """
-    exit_with_parent(parent_pid)
-    from vlatrim.sim.env import MetaWorldEnv
-
-    conn.send(("ready",))  # imports done: the main process starts its clock after all are ready
-
-    @dataclass
-    class Slot:
-        envs: dict = field(default_factory=dict)  # task -> MetaWorldEnv (each slot steps its own envs)
-        env: Any = None
-        record: bool = False
-        frames: list = field(default_factory=list)
-
-    slots: dict[int, Slot] = {}
-    starts: dict = {}  # MT1 start definitions, shared by the slots' envs (each costs ~0.5 s to build)
-
-    def obs_msg(k: int, slot: Slot, step: Any, done: bool) -> tuple:
-        out = slot.frames if (done and slot.record) else None
-        return ("obs", k, step.raw, step.state, step.image if render else None, done, step.success, slot.env.steps, out)
-
-    try:
-        while True:
-            msg = conn.recv()
-            if msg[0] == "stop":
-                break
-            k = msg[1]
-            slot = slots.setdefault(k, Slot())
-            steps_taken = slot.env.steps if (msg[0] == "act" and slot.env is not None) else 0
-            try:
-                if msg[0] == "reset":
-                    _, _, task, start, slot.record = msg
-                    slot.env = slot.envs.get(task)
-                    if slot.env is None:
-                        if len(slot.envs) >= 2:  # episodes arrive task by task; bound GL contexts
-                            slot.envs.pop(next(iter(slot.envs))).close()
-                        slot.env = slot.envs[task] = MetaWorldEnv(task, image_size=image_size, camera=camera,
-                                                                  render=renderer, start_cache=starts)
-                    slot.env.capture = render or slot.record
-                    slot.frames = []
-                    step = slot.env.reset(start)
-                    if slot.record:
-                        slot.frames.append(step.image)
-                    conn.send(obs_msg(k, slot, step, False))
-                elif msg[0] == "act":
-                    _, _, actions, max_steps = msg
-                    env, step = slot.env, None
-                    for a in actions:  # the chunk runs open-loop here, no round trip per step
-                        step = env.step(a)
-                        steps_taken = env.steps
-                        if slot.record:
-                            slot.frames.append(step.image)
-                        if step.success or env.steps >= max_steps:
-                            break
-                    done = step.success or env.steps >= max_steps
-                    conn.send(obs_msg(k, slot, step, done))
-                else:
-                    raise RuntimeError(f"unknown message {msg[0]!r}")
-            except Exception as e:  # the episode fails; the worker lives on with a fresh env for the slot
-                if slot.env is not None:
-                    slot.envs = {t: v for t, v in slot.envs.items() if v is not slot.env}
-                    try:
-                        slot.env.close()
-                    except Exception:
-                        pass
-                    slot.env = None
-                tb = traceback.format_exc(limit=3).strip().splitlines()
-                conn.send(("error", k, f"{type(e).__name__}: {e}", tb[-3:], steps_taken))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        for slot in slots.values():
-            for e in slot.envs.values():
-                e.close()
+def video_name(task: str, episode: int) -> str:
+    """The file stem of an episode's video (``videos/<stem>.<format>``)."""
+    return f"{task}_ep{episode}"
 
 
+# --------------------------------------------------------------------------------------- evaluator
 @dataclass
 class _Slot:
     """One episode place of a worker, as the main process tracks it."""
@@ -228,44 +180,274 @@ class _Slot:
     index: int  # slot number inside the worker
     job: EpisodeResult | None = None
     t0: float = 0.0
-    obs: tuple | None = None  # latest observation (raw, state, image, steps), waiting for an action
+    obs: Observed | None = None  # latest observation, waiting for an action
     record: bool = False
 
 
-class _Worker:
-    def __init__(self, ctx: Any, cfg: EvalConfig, render: bool) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_worker_main,
-            args=(child, os.getpid(), cfg.image_size, cfg.camera, render, render or cfg.video_episodes > 0),
-            daemon=True,
-        )
-        self.proc.start()
-        child.close()
+class Evaluator:
+    """Closed-loop evaluation of policies in one simulator backend.
 
-    def wait_ready(self) -> None:
-        try:
-            msg = self.conn.recv()
-        except (EOFError, OSError):
-            raise VlatrimError(f"an evaluation worker failed to start (exit code {self.proc.exitcode})") from None
-        assert msg == ("ready",), msg
+    Args:
+        backend: a registered backend name (``vlatrim.sim.backends.SIM_BACKENDS``) or an instance.
+        cfg: the settings; bound to the backend with ``cfg.resolve`` (``self.cfg`` is the result).
 
-    def close(self) -> None:
+    Raises:
+        VlatrimError: an unknown backend, or settings the backend cannot take.
+    """
+
+    def __init__(self, backend: str | SimBackend, cfg: EvalConfig) -> None:
+        self.backend = get_backend(backend)
+        self.cfg = cfg.resolve(self.backend)
+
+    def check(self, policy: Policy) -> None:
+        """Refuse ``policy`` before any episode: its ``io`` against the backend, and a policy that
+        reads images in a run without rendering or a backend without cameras.
+
+        Raises:
+            VlatrimError: one line naming the policy's and the backend's side.
+        """
+        check_policy_io(policy, self.backend)
+        if uses_images(policy):
+            if self.cfg.render is False:
+                raise VlatrimError("the policy reads images; evaluation with render=False would feed it none")
+            if not self.backend.cameras:
+                raise VlatrimError(f"the policy reads images; backend {self.backend.name} renders no camera")
+
+    def cameras_for(self, policy: Policy) -> tuple[str, ...]:
+        """The cameras rendered for ``policy``: those its ``io`` names, else the configured camera."""
+        io = policy_io(policy)
+        if io is not None and io.cameras:
+            return io.cameras
+        return (self.cfg.camera,) if self.cfg.camera is not None else ()
+
+    def run(
+        self,
+        policy: Policy,
+        policy_name: str = "",
+        progress: bool = True,
+        done: Sequence[EpisodeResult] = (),
+        on_episode: Callable[[EpisodeResult, list[np.ndarray] | None], None] | None = None,
+    ) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
+        """Run closed-loop episodes of ``policy`` and summarise success.
+
+        Args:
+            policy: the policy (called in this process, batched over workers).
+            policy_name: how the policy was specified (recorded in the settings).
+            progress: show a tqdm bar over episodes.
+            done: episodes finished by an earlier, interrupted run of the same settings: they are not
+                run again and enter the summary as they are.
+            on_episode: called in this process as each episode finishes, with its result and its frames
+                (a video episode that ran to its end) or None; ``EvalStore.record`` journals them.
+
+        Returns:
+            The result (``eval.json`` content) and the recorded frames of this call's video episodes,
+            keyed ``video_name(task, k)`` (uint8 (H, W, 3) frames; empty without ``video_episodes``).
+
+        Raises:
+            VlatrimError: the policy does not fit the backend (``check``), before any worker starts.
+        """
+        self.check(policy)
+        return _Run(self, policy, policy_name, progress, done, on_episode).run()
+
+
+class _Run:
+    """The state of one ``Evaluator.run``: workers, slots, the queue of episodes, counters."""
+
+    def __init__(self, ev: Evaluator, policy: Policy, policy_name: str, progress: bool,
+                 done: Sequence[EpisodeResult], on_episode: Callable[[EpisodeResult, list[np.ndarray] | None], None] | None) -> None:
+        cfg, backend = ev.cfg, ev.backend
+        self.cfg, self.backend, self.policy, self.policy_name = cfg, backend, policy, policy_name
+        self.on_episode, self.progress = on_episode, progress
+        self.render = cfg.render if cfg.render is not None else uses_images(policy)
+        self.cameras = ev.cameras_for(policy)
+        self.spec = EnvSpec(image_size=cfg.image_size, cameras=self.cameras,
+                            render=self.render or cfg.video_episodes > 0)
+        finished = {(r.task, r.episode) for r in done}
+        self.queue = [
+            EpisodeResult(task, k, tuple(backend.episode_start("eval", cfg.seed, k)))
+            for task in cfg.tasks
+            for k in range(cfg.episodes)
+            if (task, k) not in finished
+        ]
+        self.results: list[EpisodeResult] = list(done)
+        self.resumed = len(done)
+        self.videos: dict[str, list[np.ndarray]] = {}
+        # Recorded in the settings as what an uninterrupted run would start (a resumed run may start fewer).
+        self.n_workers = min(cfg.workers, cfg.episodes * len(cfg.tasks))
+        n_start = min(self.n_workers, len(self.queue))
+        self.per_worker = max(1, min(cfg.envs_per_worker, -(-len(self.queue) // max(n_start, 1))))  # no idle slots in tiny runs
+        self.workers: list[WorkerProcess] = []
+        self.slots: list[_Slot] = []
+        self.env_steps, self.t_first = 0, None
+        self.n_calls, self.batch_sizes, self.policy_seconds = 0, [], 0.0
+        self.ctx = mp.get_context("spawn")  # fork after GL/torch state in the parent is unsafe
+        self.bar: Any = None
+
+    # ------------------------------------------------------------------------------ bookkeeping
+    def _new_worker(self) -> WorkerProcess:
+        return WorkerProcess(self.ctx, self.backend, self.spec, send_images=self.render)
+
+    def finish(self, sl: _Slot, success: bool, steps: int, error: str | None = None,
+               frames: list[np.ndarray] | None = None) -> None:
+        job = sl.job
+        job.success, job.steps, job.error = success, steps, error
+        job.seconds = round(time.perf_counter() - sl.t0, 3)
+        self.env_steps += steps
+        self.results.append(job)
+        if self.on_episode is not None:
+            self.on_episode(job, frames)  # e.g. EvalStore.record writes the clip now: no need to hold it
+        elif frames is not None:
+            self.videos[video_name(job.task, job.episode)] = frames
+        sl.job, sl.obs = None, None
+        self.bar.update(1)
+        n_ok = sum(r.success for r in self.results)
+        self.bar.set_postfix(success=f"{n_ok}/{len(self.results)}")
+
+    def start_next(self, sl: _Slot) -> None:
+        # A reset message also abandons whatever episode the slot's env was in.
+        if not self.queue:
+            return
+        sl.job = self.queue.pop(0)
+        sl.record = sl.job.episode < self.cfg.video_episodes
+        sl.t0 = time.perf_counter()
+        self.t_first = self.t_first or sl.t0
+        self.workers[sl.worker].send(Reset(sl.index, sl.job.task, sl.job.start, sl.record))
+
+    def worker_died(self, i: int) -> None:
+        # Every episode in flight on worker i fails; a fresh process takes over its slots.
+        w = self.workers[i]
+        for sl in self.slots:
+            if sl.worker == i and sl.job is not None:
+                self.finish(sl, False, sl.obs.steps if sl.obs else 0, f"worker process died (exit code {w.proc.exitcode})")
         try:
-            self.conn.send(("stop",))
-        except (OSError, BrokenPipeError):
+            w.close()
+        except Exception:
             pass
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(timeout=5)
-        self.conn.close()
+        self.workers[i] = self._new_worker()
+        self.workers[i].wait_ready()
+        for sl in self.slots:
+            if sl.worker == i:
+                self.start_next(sl)
 
+    def receive(self, i: int) -> None:
+        """Take one message from worker i and file it under its slot."""
+        try:
+            msg = self.workers[i].conn.recv()
+        except (EOFError, OSError):
+            self.worker_died(i)
+            return
+        sl = next(x for x in self.slots if x.worker == i and x.index == msg.slot)
+        if isinstance(msg, Failed):
+            log.warning("episode %s/%d crashed: %s", sl.job.task, sl.job.episode, msg.error)
+            self.finish(sl, False, int(msg.steps), msg.error)
+            self.start_next(sl)
+        elif msg.done:
+            self.finish(sl, bool(msg.success), int(msg.steps), frames=msg.frames)
+            self.start_next(sl)
+        else:
+            sl.obs = msg
 
-# --------------------------------------------------------------------------------------- main side
-def video_name(task: str, episode: int) -> str:
-    """The file stem of an episode's video (``videos/<stem>.<format>``)."""
-    return f"{task}_ep{episode}"
+    def observation(self, batch: list[_Slot]) -> dict[str, Any]:
+        """The policy's input for the slots in ``batch`` (see ``vlatrim.sim.policy``)."""
+        cams = self.cameras if self.render else ()
+        images = {c: np.stack([sl.obs.images[c] for sl in batch]) for c in cams}  # camera -> (B, H, W, 3) uint8
+        has_state = self.backend.state_dim is not None
+        return {
+            "images": images,
+            "image": images[cams[0]] if cams else None,  # (B, H, W, 3) uint8: the first camera
+            "state": np.stack([sl.obs.state for sl in batch]).astype(np.float32) if has_state else None,  # (B, state_dim)
+            "raw": np.stack([sl.obs.raw for sl in batch]).astype(np.float32),  # (B, raw_dim)
+            "instruction": [self.backend.instruction(sl.job.task) for sl in batch],
+            "task": [sl.job.task for sl in batch],
+            "step": np.array([sl.obs.steps for sl in batch], dtype=np.int64),  # (B,) 0 = first step of an episode
+            "episode": np.array([sl.job.episode for sl in batch], dtype=np.int64),  # (B,) index within its task
+        }
+
+    def act(self, batch: list[_Slot]) -> None:
+        """One batched policy call; each slot gets its chunk or fails."""
+        chunk, a_dim = self.cfg.n_action_steps, self.backend.action_dim
+        obs = self.observation(batch)
+        t0 = time.perf_counter()
+        try:
+            actions = np.asarray(self.policy.predict(obs), dtype=np.float32)  # (B, T, action_dim)
+            if actions.ndim != 3 or actions.shape[0] != len(batch) or actions.shape[2] != a_dim or actions.shape[1] < 1:
+                raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({len(batch)}, T, {a_dim})")
+            k = actions.shape[1] if chunk is None else min(chunk, actions.shape[1])  # actions executed
+            bad = ~np.isfinite(actions[:, :k]).all(axis=(1, 2))  # (B,): only what runs must be finite
+        except Exception as e:  # the policy failed on this batch: those episodes fail
+            msg = f"policy: {type(e).__name__}: {e}"
+            log.warning("%s", msg)
+            for sl in batch:
+                self.finish(sl, False, sl.obs.steps, msg)
+                self.start_next(sl)
+            return
+        self.policy_seconds += time.perf_counter() - t0
+        self.n_calls += 1
+        self.batch_sizes.append(len(batch))
+        for sl, a, is_bad in zip(batch, actions, bad):
+            if is_bad:
+                self.finish(sl, False, sl.obs.steps, "policy returned non-finite actions")
+                self.start_next(sl)
+                continue
+            self.workers[sl.worker].send(Act(sl.index, a[:k], self.cfg.max_steps))
+            sl.obs = None
+
+    # ------------------------------------------------------------------------------------- loop
+    def run(self) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if self.spec.render:
+            self.backend.prepare_render()
+        t_start = time.perf_counter()
+        try:
+            for _ in range(min(self.n_workers, len(self.queue))):
+                self.workers.append(self._new_worker())
+            for w in self.workers:
+                w.wait_ready()
+        except BaseException:  # one failed to start: stop the others now, not at garbage collection
+            for w in self.workers:
+                w.close()
+            raise
+        self.slots = [_Slot(i, g) for g in range(self.per_worker) for i in range(len(self.workers))]
+        if self.workers:
+            self.policy.reset(len(self.slots))
+        self.bar = tqdm(total=len(self.queue) + len(self.results), initial=len(self.results), desc="eval", unit="ep",
+                        disable=not self.progress)
+        threads_before = _policy_threads(len(self.workers), self.per_worker)
+        try:
+            for sl in self.slots:
+                self.start_next(sl)
+            while any(sl.job is not None for sl in self.slots):
+                # 1) file the replies that have arrived; block for one only while no slot waits for an action
+                #    (no barrier: a worker whose reply is in gets its next action without waiting for the others)
+                waiting = {sl.worker for sl in self.slots if sl.job is not None and sl.obs is None}
+                ready_slots = any(sl.job is not None and sl.obs is not None for sl in self.slots)
+                if waiting:
+                    conns = {w.conn: i for i, w in enumerate(self.workers)}
+                    sentinels = {self.workers[i].proc.sentinel: i for i in waiting}
+                    ready = wait(list(conns) + list(sentinels), timeout=0 if ready_slots else None)
+                    for i in sorted({conns[r] if r in conns else sentinels[r] for r in ready}):
+                        self.receive(i)  # once per worker: a restart replaces its conn and sentinel
+                # 2) one batched policy call over every slot that waits for an action
+                batch = [sl for sl in self.slots if sl.job is not None and sl.obs is not None]
+                if batch:
+                    self.act(batch)
+        finally:
+            self.bar.close()
+            for w in self.workers:
+                w.close()
+            if threads_before is not None:
+                import torch
+
+                torch.set_num_threads(threads_before)
+        t_end = time.perf_counter()
+        self.results.sort(key=lambda r: (cfg.tasks.index(r.task), r.episode))
+        result = _summarise(cfg, self.policy_name, self.render, self.results, t_start, self.t_first or t_start, t_end,
+                            self.env_steps, self.n_calls, self.batch_sizes, self.policy_seconds, self.n_workers,
+                            self.per_worker, resumed=self.resumed, backend=self.backend,
+                            cameras=self.cameras if self.render else ())
+        return result, self.videos
 
 
 def evaluate(
@@ -275,201 +457,11 @@ def evaluate(
     progress: bool = True,
     done: Sequence[EpisodeResult] = (),
     on_episode: Callable[[EpisodeResult, list[np.ndarray] | None], None] | None = None,
+    backend: str | SimBackend = DEFAULT_BACKEND,
 ) -> tuple[EvalResult, dict[str, list[np.ndarray]]]:
-    """Run closed-loop episodes of ``policy`` and summarise success.
-
-    Args:
-        policy: the policy (called in this process, batched over workers).
-        cfg: tasks, episodes, workers, limits.
-        policy_name: how the policy was specified (recorded in the settings).
-        progress: show a tqdm bar over episodes.
-        done: episodes finished by an earlier, interrupted run of the same settings: they are not
-            run again and enter the summary as they are.
-        on_episode: called in this process as each episode finishes, with its result and its frames
-            (a video episode that ran to its end) or None; ``EvalStore.record`` journals them.
-
-    Returns:
-        The result (``eval.json`` content) and the recorded frames of this call's video episodes,
-        keyed ``video_name(task, k)`` (uint8 (H, W, 3) frames; empty without ``video_episodes``).
-    """
-    from tqdm.auto import tqdm
-
-    render = cfg.render if cfg.render is not None else uses_images(policy)
-    if cfg.render is False and uses_images(policy):
-        raise VlatrimError("the policy reads images; evaluation with render=False would feed it none")
-    if render or cfg.video_episodes:
-        from vlatrim.sim.render import ensure_gl_backend
-
-        ensure_gl_backend()
-    finished = {(r.task, r.episode) for r in done}
-    queue = [
-        EpisodeResult(task, k, episode_start("eval", cfg.seed, k))
-        for task in cfg.tasks
-        for k in range(cfg.episodes)
-        if (task, k) not in finished
-    ]
-    results: list[EpisodeResult] = list(done)
-    videos: dict[str, list[np.ndarray]] = {}
-    # Recorded in the settings as what an uninterrupted run would start (a resumed run may start fewer).
-    n_workers = min(cfg.workers, cfg.episodes * len(cfg.tasks))
-    n_start = min(n_workers, len(queue))
-    per_worker = max(1, min(cfg.envs_per_worker, -(-len(queue) // max(n_start, 1))))  # no idle slots in tiny runs
-    ctx = mp.get_context("spawn")  # fork after GL/torch state in the parent is unsafe
-    t_start = time.perf_counter()
-    workers: list[_Worker] = []
-    try:
-        for _ in range(min(n_workers, len(queue))):
-            workers.append(_Worker(ctx, cfg, render))
-        for w in workers:
-            w.wait_ready()
-    except BaseException:  # one failed to start: stop the others now, not at garbage collection
-        for w in workers:
-            w.close()
-        raise
-    slots = [_Slot(i, g) for g in range(per_worker) for i in range(len(workers))]
-    if workers:
-        policy.reset(len(slots))
-    bar = tqdm(total=len(queue) + len(results), initial=len(results), desc="eval", unit="ep", disable=not progress)
-    env_steps, t_first = 0, None
-    n_calls, batch_sizes, policy_seconds = 0, [], 0.0
-    chunk = cfg.n_action_steps
-
-    def finish(sl: _Slot, success: bool, steps: int, error: str | None = None,
-               frames: list[np.ndarray] | None = None) -> None:
-        nonlocal env_steps
-        job = sl.job
-        job.success, job.steps, job.error = success, steps, error
-        job.seconds = round(time.perf_counter() - sl.t0, 3)
-        env_steps += steps
-        results.append(job)
-        if on_episode is not None:
-            on_episode(job, frames)  # e.g. EvalStore.record writes the clip now: no need to hold it
-        elif frames is not None:
-            videos[video_name(job.task, job.episode)] = frames
-        sl.job, sl.obs = None, None
-        bar.update(1)
-        n_ok = sum(r.success for r in results)
-        bar.set_postfix(success=f"{n_ok}/{len(results)}")
-
-    def send(i: int, msg: tuple) -> None:
-        try:
-            workers[i].conn.send(msg)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker died: the next wait sees its sentinel/EOF and fails its episodes
-
-    def start_next(sl: _Slot) -> None:
-        # A reset message also abandons whatever episode the slot's env was in.
-        nonlocal t_first
-        if not queue:
-            return
-        sl.job = queue.pop(0)
-        sl.record = sl.job.episode < cfg.video_episodes
-        sl.t0 = time.perf_counter()
-        t_first = t_first or sl.t0
-        send(sl.worker, ("reset", sl.index, sl.job.task, sl.job.start, sl.record))
-
-    def worker_died(i: int) -> None:
-        # Every episode in flight on worker i fails; a fresh process takes over its slots.
-        w = workers[i]
-        for sl in slots:
-            if sl.worker == i and sl.job is not None:
-                finish(sl, False, sl.obs[3] if sl.obs else 0, f"worker process died (exit code {w.proc.exitcode})")
-        try:
-            w.close()
-        except Exception:
-            pass
-        workers[i] = _Worker(ctx, cfg, render)
-        workers[i].wait_ready()
-        for sl in slots:
-            if sl.worker == i:
-                start_next(sl)
-
-    def receive(i: int) -> None:
-        """Take one message from worker i and file it under its slot."""
-        w = workers[i]
-        try:
-            msg = w.conn.recv()
-        except (EOFError, OSError):
-            worker_died(i)
-            return
-        sl = next(x for x in slots if x.worker == i and x.index == msg[1])
-        if msg[0] == "error":
-            log.warning("episode %s/%d crashed: %s", sl.job.task, sl.job.episode, msg[2])
-            finish(sl, False, int(msg[4]), msg[2])
-            start_next(sl)
-            return
-        _, _, raw, state, image, done, success, steps, frames = msg
-        if done:
-            finish(sl, bool(success), int(steps), frames=frames)
-            start_next(sl)
-        else:
-            sl.obs = (raw, state, image, steps)
-
-    threads_before = _policy_threads(len(workers), per_worker)
-    try:
-        for sl in slots:
-            start_next(sl)
-        while any(sl.job is not None for sl in slots):
-            # 1) file the replies that have arrived; block for one only while no slot waits for an action
-            #    (no barrier: a worker whose reply is in gets its next action without waiting for the others)
-            waiting = {sl.worker for sl in slots if sl.job is not None and sl.obs is None}
-            ready_slots = any(sl.job is not None and sl.obs is not None for sl in slots)
-            if waiting:
-                conns = {w.conn: i for i, w in enumerate(workers)}
-                sentinels = {workers[i].proc.sentinel: i for i in waiting}
-                ready = wait(list(conns) + list(sentinels), timeout=0 if ready_slots else None)
-                for i in sorted({conns[r] if r in conns else sentinels[r] for r in ready}):
-                    receive(i)  # once per worker: a restart replaces its conn and sentinel
-            # 2) one batched policy call over every slot that waits for an action
-            batch = [sl for sl in slots if sl.job is not None and sl.obs is not None]
-            if not batch:
-                continue
-            obs = {
-                "image": np.stack([sl.obs[2] for sl in batch]) if render else None,  # (B, H, W, 3) uint8
-                "state": np.stack([sl.obs[1] for sl in batch]).astype(np.float32),  # (B, 4)
-                "raw": np.stack([sl.obs[0] for sl in batch]).astype(np.float32),  # (B, 39)
-                "instruction": [instruction_for(sl.job.task) for sl in batch],
-                "task": [sl.job.task for sl in batch],
-                "step": np.array([sl.obs[3] for sl in batch], dtype=np.int64),  # (B,) 0 = first step of an episode
-                "episode": np.array([sl.job.episode for sl in batch], dtype=np.int64),  # (B,) index within its task
-            }
-            t0 = time.perf_counter()
-            try:
-                actions = np.asarray(policy.predict(obs), dtype=np.float32)  # (B, T, 4)
-                if actions.ndim != 3 or actions.shape[0] != len(batch) or actions.shape[2] != 4 or actions.shape[1] < 1:
-                    raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({len(batch)}, T, 4)")
-                k = actions.shape[1] if chunk is None else min(chunk, actions.shape[1])  # actions executed
-                bad = ~np.isfinite(actions[:, :k]).all(axis=(1, 2))  # (B,): only what runs must be finite
-            except Exception as e:  # the policy failed on this batch: those episodes fail
-                msg = f"policy: {type(e).__name__}: {e}"
-                log.warning("%s", msg)
-                for sl in batch:
-                    finish(sl, False, sl.obs[3], msg)
-                    start_next(sl)
-                continue
-            policy_seconds += time.perf_counter() - t0
-            n_calls += 1
-            batch_sizes.append(len(batch))
-            for sl, a, is_bad in zip(batch, actions, bad):
-                if is_bad:
-                    finish(sl, False, sl.obs[3], "policy returned non-finite actions")
-                    start_next(sl)
-                    continue
-                send(sl.worker, ("act", sl.index, a[:k], cfg.max_steps))
-                sl.obs = None
-    finally:
-        bar.close()
-        for w in workers:
-            w.close()
-        if threads_before is not None:
-            import torch
-
-            torch.set_num_threads(threads_before)
-    t_end = time.perf_counter()
-    results.sort(key=lambda r: (cfg.tasks.index(r.task), r.episode))
-    result = _summarise(cfg, policy_name, render, results, t_start, t_first or t_start, t_end, env_steps, n_calls,
-                        batch_sizes, policy_seconds, n_workers, per_worker, resumed=len(done))
-    return result, videos
+    """``Evaluator(backend, cfg).run(policy, ...)`` in one call (results in memory; see ``run_eval``
+    for a journaled, resumable run into a directory). Arguments and return as ``Evaluator.run``."""
+    return Evaluator(backend, cfg).run(policy, policy_name, progress=progress, done=done, on_episode=on_episode)
 
 
 def _policy_threads(n_workers: int, per_worker: int) -> int | None:
@@ -489,8 +481,12 @@ def _policy_threads(n_workers: int, per_worker: int) -> int | None:
     return before
 
 
-def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_steps, n_calls, batch_sizes,
-               policy_seconds, n_workers, per_worker: int = 1, resumed: int = 0) -> EvalResult:
+def _summarise(cfg: EvalConfig, policy_name: str, render: bool, results: list[EpisodeResult], t_start: float,
+               t_first: float, t_end: float, env_steps: int, n_calls: int, batch_sizes: list[int], policy_seconds: float,
+               n_workers: int, per_worker: int = 1, resumed: int = 0, backend: str | SimBackend = DEFAULT_BACKEND,
+               cameras: Sequence[str] | None = None) -> EvalResult:
+    b = get_backend(backend)
+    cfg = cfg.resolve(b)
     per_task: dict[str, dict[str, Any]] = {}
     for task in cfg.tasks:
         rs = [r for r in results if r.task == task]
@@ -504,7 +500,7 @@ def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_s
             "mean_steps": float(np.mean([r.steps for r in rs])),
             "mean_steps_success": float(np.mean([r.steps for r in rs if r.success])) if k else None,
             "errors": sum(r.error is not None for r in rs),
-            "instruction": instruction_for(task),
+            "instruction": b.instruction(task),
         }
     k_all = sum(r.success for r in results)
     lo, hi = wilson_interval(k_all, len(results))
@@ -517,7 +513,9 @@ def _summarise(cfg, policy_name, render, results, t_start, t_first, t_end, env_s
         "errors": sum(r.error is not None for r in results),
     }
     rollout = max(t_end - t_first, 1e-9)
-    settings = {**asdict(cfg), "policy": policy_name, "render": render, "workers_used": n_workers}
+    cams = list(cameras) if cameras is not None else ([cfg.camera] if render and cfg.camera else [])  # rendered for the policy
+    settings = {"backend": b.name, **asdict(cfg), "policy": policy_name, "render": render, "cameras": cams,
+                "workers_used": n_workers}
     n_run = len(results) - resumed
     # Timing is of this invocation only: a resumed run counts the episodes it ran itself.
     timing = {
@@ -600,23 +598,26 @@ class EvalStore:
 
     Args:
         out: the output directory (absent, empty, or an unfinished run when ``resume``).
-        cfg: the evaluation settings.
+        cfg: the evaluation settings (bound to ``backend`` here: ``self.cfg`` is ``cfg.resolve(backend)``).
         policy_name: the policy as given (part of the settings a resume must match).
         resume: continue an unfinished run in ``out`` (absent/empty ``out`` starts a new one).
+        backend: the simulator backend (its name is part of the settings a resume must match).
 
     Raises:
         VlatrimError: ``out`` is not usable (see ``check_out``), or holds an unfinished run whose
             settings differ (the message names them).
     """
 
-    def __init__(self, out: str | os.PathLike, cfg: EvalConfig, policy_name: str, resume: bool = False) -> None:
+    def __init__(self, out: str | os.PathLike, cfg: EvalConfig, policy_name: str, resume: bool = False,
+                 backend: str | SimBackend = DEFAULT_BACKEND) -> None:
         from vlatrim.utils.io import read_json, write_json_atomic
 
         self.out = Path(out)
-        self.cfg = cfg
+        self.backend = get_backend(backend)
+        self.cfg = cfg = cfg.resolve(self.backend)
         self.progress = self.out / PROGRESS_DIR
         check_out(self.out, resume)
-        settings = {**cfg.content_settings(policy_name), "progress_format": PROGRESS_FORMAT}
+        settings = {**cfg.content_settings(policy_name, self.backend.name), "progress_format": PROGRESS_FORMAT}
         settings = json.loads(json.dumps(settings))  # as it reads back (tuples -> lists)
         settings_path = self.progress / "settings.json"
         if self.progress.is_dir():
@@ -703,7 +704,8 @@ class EvalStore:
             self.out.rmdir()
 
 
-def run_eval(policy: Policy, cfg: EvalConfig, out: str | os.PathLike, policy_name: str = "", resume: bool = False, progress: bool = True) -> tuple[EvalResult, Path]:
+def run_eval(policy: Policy, cfg: EvalConfig, out: str | os.PathLike, policy_name: str = "", resume: bool = False,
+             progress: bool = True, backend: str | SimBackend = DEFAULT_BACKEND) -> tuple[EvalResult, Path]:
     """Evaluate into ``out`` with every episode journaled as it ends; resume an unfinished run.
 
     Args:
@@ -713,19 +715,27 @@ def run_eval(policy: Policy, cfg: EvalConfig, out: str | os.PathLike, policy_nam
         policy_name: how the policy was given (part of the settings).
         resume: continue the unfinished run in ``out`` (its settings must match).
         progress: show a tqdm bar.
+        backend: the simulator backend, a ``SIM_BACKENDS`` name (default ``metaworld``) or an instance.
 
     Returns:
         The result (identical to an uninterrupted run's but for ``timing`` and the worker settings
         ``workers``, ``envs_per_worker`` and ``workers_used``, which a resume may change) and
         ``eval.json``'s path.
+
+    Raises:
+        VlatrimError: an unknown backend, settings it cannot take, a policy that does not fit it
+            (checked before ``out`` is touched), or an unusable ``out``.
     """
+    evaluator = Evaluator(backend, cfg)
+    evaluator.check(policy)  # before anything is written
     out = Path(out)
     created = not out.exists()
-    store = EvalStore(out, cfg, policy_name, resume=resume)
+    store = EvalStore(out, evaluator.cfg, policy_name, resume=resume, backend=evaluator.backend)
     try:
         if store.done:
-            log.warning("resuming %s: %d of %d episodes already finished", out, len(store.done), cfg.episodes * len(cfg.tasks))
-        result, _ = evaluate(policy, cfg, policy_name, progress=progress, done=store.done, on_episode=store.record)
+            log.warning("resuming %s: %d of %d episodes already finished", out, len(store.done),
+                        evaluator.cfg.episodes * len(evaluator.cfg.tasks))
+        result, _ = evaluator.run(policy, policy_name, progress=progress, done=store.done, on_episode=store.record)
     except BaseException:
         store.close()
         store.discard_if_empty(remove_out=created)

@@ -27,7 +27,7 @@ def _module(name: str, what: str) -> Any:
 def generate_demos(tasks: list[str], episodes_per_task: int, image_size: int, seed: int, out: Path,
                    progress: bool = True) -> dict[str, Any]:
     """Scripted-expert demonstrations into a LeRobot v3 directory ``out``; returns the generation report."""
-    mod = _module("vlatrim.data.metaworld_demos", "demonstration generation")
+    mod = _module("vlatrim.sim.backends.metaworld.demos", "demonstration generation")
     report = mod.generate_demos(mod.DemoConfig(tasks=list(tasks), episodes_per_task=episodes_per_task,
                                                image_size=image_size, seed=seed), out, progress=progress)
     return {"episodes": report.episodes, "frames": report.frames, "per_task": report.per_task,

@@ -72,7 +72,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         import vlatrim.analyze.scorers  # noqa: F401  (registers the scorers)
         from vlatrim.analyze.base import SCORERS
-        from vlatrim.data.tasks import parse_tasks
+        from vlatrim.sim.backends.metaworld.tasks import parse_tasks
 
         self.tasks = tuple(parse_tasks(list(self.tasks)))
         self.ratios = tuple(float(r) for r in self.ratios)

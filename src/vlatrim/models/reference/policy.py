@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from vlatrim.models.reference.model import ReferenceVLA
+from vlatrim.sim.policy import PolicyIO
 
 
 class ReferenceVLAPolicy:
@@ -24,6 +25,10 @@ class ReferenceVLAPolicy:
         self.device = torch.device(device)
         self.chunk_size = model.config.chunk_size
         self.image_size = model.config.image_size  # the evaluator renders at this size
+        cfg = model.config
+        # The image is Meta-World's corner camera, the one `vlatrim data metaworld` records by default.
+        self.io = PolicyIO(action_dim=cfg.action_dim, state_dim=cfg.state_dim if cfg.use_state else None,
+                           cameras=("corner",), image_size=cfg.image_size, chunk_size=cfg.chunk_size)
         self.name = f"vlatrim_vla({model.config.backbone_name or type(model.backbone).__name__})"
 
     def reset(self, n: int) -> None:

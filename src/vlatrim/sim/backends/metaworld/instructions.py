@@ -6,7 +6,7 @@ tasks that share objects (the four plate slides, the button presses) stay distin
 
 from __future__ import annotations
 
-from vlatrim.data.tasks import canonical_task
+from vlatrim.sim.backends.metaworld.tasks import canonical_task
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "pick up the ring nut and drop it over the peg",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vlatrim.data.instructions import INSTRUCTIONS, instruction_for
-from vlatrim.data.tasks import ALL_TASKS, DIFFICULTY, MT10, difficulty_of, parse_tasks
 from vlatrim.errors import VlatrimError
+from vlatrim.sim.backends.metaworld.instructions import INSTRUCTIONS, instruction_for
+from vlatrim.sim.backends.metaworld.tasks import ALL_TASKS, DIFFICULTY, MT10, difficulty_of, parse_tasks
 
 
 def test_task_tables_match_metaworld():

@@ -1,4 +1,5 @@
-"""Scripted-expert demonstrations in Meta-World, written as a LeRobotDataset v3.0 directory.
+"""Scripted-expert demonstrations in Meta-World, written as a LeRobotDataset v3.0 directory
+(``vlatrim data metaworld``; the dataset format itself is ``vlatrim.data.lerobot``).
 
 Each attempt ``(task, k)`` rolls Meta-World's scripted expert from the start configuration
 ``episode_start("demo", seed, k)`` until success or ``max_steps``. Frame t stores the upright camera
@@ -30,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlatrim.data.instructions import instruction_for
 from vlatrim.data.lerobot import INFO_PATH, LeRobotWriter, encode_png, metaworld_features
-from vlatrim.data.tasks import parse_tasks
 from vlatrim.errors import VlatrimError
+from vlatrim.sim.backends.metaworld.instructions import instruction_for
+from vlatrim.sim.backends.metaworld.tasks import parse_tasks
 from vlatrim.sim.procs import exit_with_parent
 from vlatrim.utils.io import atomic_path, read_json, write_json_atomic
 
@@ -133,7 +134,7 @@ _WORKER_ENVS: dict[tuple, Any] = {}  # per worker process: its envs, reused acro
 
 
 def _worker_env(task: str, image_size: int, camera: str) -> Any:
-    from vlatrim.sim.env import MetaWorldEnv
+    from vlatrim.sim.backends.metaworld.env import MetaWorldEnv
 
     key = (task, image_size, camera)
     env = _WORKER_ENVS.get(key)
@@ -158,8 +159,8 @@ def _close_worker_envs() -> None:
 
 def rollout_expert(task: str, k: int, cfg: dict[str, Any], stage_dir: str | None) -> Attempt:
     """Roll one expert episode; stage it as parquet under ``stage_dir`` when it succeeds."""
-    from vlatrim.sim.env import episode_start
-    from vlatrim.sim.policy import ExpertPolicy
+    from vlatrim.sim.backends.metaworld.env import episode_start
+    from vlatrim.sim.backends.metaworld.policies import ExpertPolicy
 
     t0 = time.perf_counter()
     start = episode_start("demo", cfg["seed"], k)

@@ -14,17 +14,17 @@ Meta-World's gotchas (REFERENCE.md) handled here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from vlatrim.data.tasks import canonical_task
 from vlatrim.errors import VlatrimError
+from vlatrim.sim.backends.base import SPLITS, Step
+from vlatrim.sim.backends.metaworld.tasks import canonical_task
 
 MAX_PATH_LENGTH = 500  # Meta-World's hard limit per episode
 STARTS_PER_SEED = 50  # metaworld.MT1(...).train_tasks holds 50 start configurations
-SPLITS = {"demo": 0, "eval": 1}  # which start pool an episode draws from (disjoint by seed)
 
 
 def episode_start(split: str, seed: int, episode: int) -> tuple[int, int]:
@@ -61,46 +61,43 @@ def make_mt1_env(task: str) -> Any:
     return gym.make("Meta-World/MT1", env_name=task, seed=0, disable_env_checker=True)
 
 
-@dataclass
-class Step:
-    """What one env step returns: observation parts plus success."""
-
-    raw: np.ndarray  # float32 (39,): Meta-World's observation
-    state: np.ndarray  # float32 (4,): hand xyz + gripper opening
-    image: np.ndarray | None  # uint8 (H, W, 3) upright, or None when rendering/capture is off
-    success: bool  # Meta-World's info["success"] after this step
-
-
 class MetaWorldEnv:
     """A single-task Meta-World environment with explicit starts and an optional offscreen camera.
 
     Args:
         task: Meta-World v3 task name.
         image_size: side of the square camera image in pixels.
-        camera: Meta-World camera name.
-        render: create a renderer (False: ``Step.image`` is None, no GL needed).
+        camera: Meta-World camera name, or several (one renderer each; ``Step.images`` keeps this
+            order, ``Step.image`` is the first).
+        render: create renderers (False: ``Step.images`` is empty, no GL needed).
         start_cache: a dict shared by several envs of one process to hold the ``metaworld.MT1``
             objects that define start configurations (building one costs ~0.5 s); default: its own.
     """
 
-    def __init__(self, task: str, image_size: int = 96, camera: str = "corner", render: bool = True,
+    def __init__(self, task: str, image_size: int = 96, camera: str | Sequence[str] = "corner", render: bool = True,
                  start_cache: dict[tuple[str, int], Any] | None = None) -> None:
         self.task = canonical_task(task)
         if image_size < 8:
             raise VlatrimError(f"image size must be >= 8 px, got {image_size}")
-        self.image_size, self.camera = int(image_size), camera
+        self.cameras = (camera,) if isinstance(camera, str) else tuple(camera)
+        self.image_size, self.camera = int(image_size), self.cameras[0] if self.cameras else None
         self._gym = make_mt1_env(self.task)
         self._gym.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
         self.unwrapped = self._gym.unwrapped
         self.fps = int(self.unwrapped.metadata.get("render_fps", 80))
         self._benchmarks: dict[tuple[str, int], Any] = {} if start_cache is None else start_cache
-        self.renderer = None
-        if render:
-            from vlatrim.sim.render import OffscreenRenderer
+        self.renderers: dict[str, Any] = {}
+        try:
+            if render:
+                from vlatrim.sim.render import OffscreenRenderer
 
-            self.renderer = OffscreenRenderer(
-                self.unwrapped.model, self.image_size, self.image_size, camera, rotate180=camera == "corner"
-            )
+                for cam in self.cameras:
+                    self.renderers[cam] = OffscreenRenderer(
+                        self.unwrapped.model, self.image_size, self.image_size, cam, rotate180=cam == "corner"
+                    )
+        except BaseException:  # an unknown camera: free what was built
+            self.close()
+            raise
         self.capture = render  # render a frame per step; turn off to skip frames a caller ignores
         self.steps = 0
         self.start: tuple[int, int] | None = None
@@ -116,9 +113,9 @@ class MetaWorldEnv:
         return bench.train_tasks[i]
 
     def _observe(self, raw: np.ndarray, success: bool) -> Step:
-        raw = np.asarray(raw, dtype=np.float32)
-        image = self.renderer.render(self.unwrapped.data) if self.renderer is not None and self.capture else None
-        return Step(raw=raw, state=raw[:4].copy(), image=image, success=success)
+        raw = np.asarray(raw, dtype=np.float32)  # (39,)
+        images = {cam: r.render(self.unwrapped.data) for cam, r in self.renderers.items()} if self.capture else {}
+        return Step(raw=raw, state=raw[:4].copy(), images=images, success=success)  # state (4,), images (H, W, 3)
 
     def reset(self, start: tuple[int, int]) -> Step:
         """Start an episode from start configuration ``start = (start_seed, i)`` (see episode_start)."""
@@ -139,16 +136,21 @@ class MetaWorldEnv:
         self.steps += 1
         return self._observe(raw, bool(info["success"]))
 
+    @property
+    def renderer(self) -> Any:
+        """The first camera's renderer (None with ``render=False``)."""
+        return next(iter(self.renderers.values()), None)
+
     def render(self) -> np.ndarray:
-        """Image of the current state (uint8 (H, W, 3)); needs ``render=True``."""
-        if self.renderer is None:
+        """Image of the current state from the first camera (uint8 (H, W, 3)); needs ``render=True``."""
+        if not self.renderers:
             raise VlatrimError("this env was created with render=False")
         return self.renderer.render(self.unwrapped.data)
 
     def close(self) -> None:
-        if self.renderer is not None:
-            self.renderer.close()
-            self.renderer = None
+        for r in self.renderers.values():
+            r.close()
+        self.renderers = {}
         self._gym.close()
 
     def __enter__(self) -> MetaWorldEnv:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from procs import kill_after_first_line
-from vlatrim.data.metaworld_demos import (
+from vlatrim.errors import VlatrimError
+from vlatrim.sim.backends.metaworld.demos import (
     PROGRESS_DIR,
     Attempt,
     DemoConfig,
@@ -21,7 +22,6 @@ from vlatrim.data.metaworld_demos import (
     _read_journal,
     _stage_path,
 )
-from vlatrim.errors import VlatrimError
 
 
 def _cfg(**kw):
