@@ -81,7 +81,8 @@ def test_the_base_class_checks_name_and_stage() -> None:
 
 def test_planning_order_is_vocabulary_then_widths_then_depth() -> None:
     builtin = [c.name for c in ordered_methods() if not c.name.startswith("test-")]
-    assert builtin == ["vocab", "heads", "mlp", "angular-span", "block-scores", "budget-all", "drop-blocks", "keep-first"]
+    assert builtin == ["vocab", "heads", "mlp", "angular-span", "block-scores", "budget-all", "drop-blocks", "keep-first",
+                       "pathway-blocks"]
 
 
 def test_prune_imports_neither_bench_nor_analyze() -> None:
