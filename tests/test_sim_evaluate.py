@@ -105,9 +105,9 @@ def test_store_settings_mismatch_torn_journal_and_refusals(tmp_path):
         check_out(out)
     with pytest.raises(VlatrimError, match="holds an unfinished evaluation; add --resume"):
         EvalStore(out, cfg, "random")
-    with pytest.raises(VlatrimError, match=r"other settings \(max_steps: 20 then, 30 now\)"):
+    with pytest.raises(VlatrimError, match=r"other settings \(max_steps: run has 20, now 30\)"):
         EvalStore(out, EvalConfig(tasks="reach", episodes=3, max_steps=30), "random", resume=True)
-    with pytest.raises(VlatrimError, match=r"other settings \(policy: 'random' then, 'expert' now\)"):
+    with pytest.raises(VlatrimError, match=r"other settings \(policy: run has 'random', now 'expert'\)"):
         EvalStore(out, cfg, "expert", resume=True)
     # Workers are not a content setting; finished episodes come back in order, the torn one is dropped.
     store = EvalStore(out, EvalConfig(tasks="reach", episodes=3, max_steps=20, workers=2), "random", resume=True)

@@ -46,6 +46,7 @@ from vlatrim.sim.backends.base import EnvSpec
 from vlatrim.sim.metrics import wilson_interval
 from vlatrim.sim.policy import Policy, check_policy_io, policy_io, uses_images
 from vlatrim.sim.workers import Act, Failed, Observed, Reset, WorkerProcess
+from vlatrim.utils.rundir import check_same_settings
 
 log = logging.getLogger(__name__)
 
@@ -622,10 +623,8 @@ class EvalStore:
         settings_path = self.progress / "settings.json"
         if self.progress.is_dir():
             old = read_json(settings_path, "evaluation settings") if settings_path.exists() else {}
-            diff = [k for k in sorted(set(settings) | set(old)) if old.get(k) != settings.get(k)]
-            if diff:
-                what = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
-                raise VlatrimError(f"--out {str(self.out)!r} holds an unfinished evaluation with other settings ({what}); rerun with the same settings, or choose a new directory")
+            check_same_settings(old, settings, f"the unfinished evaluation in --out {str(self.out)!r}",
+                                "rerun with the same settings, or choose a new directory")
         else:
             try:
                 (self.progress / "videos").mkdir(parents=True, exist_ok=True)

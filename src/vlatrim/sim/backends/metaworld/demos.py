@@ -37,6 +37,7 @@ from vlatrim.sim.backends.metaworld.instructions import instruction_for
 from vlatrim.sim.backends.metaworld.tasks import parse_tasks
 from vlatrim.sim.procs import exit_with_parent
 from vlatrim.utils.io import atomic_path, read_json, write_json_atomic
+from vlatrim.utils.rundir import check_same_settings
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +211,8 @@ def _prepare_out(out: Path, settings: dict[str, Any]) -> bool:
         raise VlatrimError(f"--out {str(out)!r} already holds a finished dataset; choose a new directory or remove it")
     if progress.is_dir():
         old = read_json(progress / "settings.json", "run settings") if (progress / "settings.json").exists() else None
-        if old != settings:
-            diff = sorted(k for k in set(settings) | set(old or {}) if (old or {}).get(k) != settings.get(k))
-            raise VlatrimError(f"--out {str(out)!r} holds an unfinished run with different settings ({', '.join(diff)}); rerun with the same settings to resume, or choose a new directory")
+        check_same_settings(old, settings, f"the unfinished dataset in --out {str(out)!r}",
+                            "rerun with the same settings to resume, or choose a new directory")
         return True
     if out.is_dir() and any(out.iterdir()):
         raise VlatrimError(f"--out {str(out)!r} is not empty and is not an unfinished vlatrim run; choose a new directory or remove it")
