@@ -48,7 +48,7 @@ def test_out_new_resume_and_refusals(tmp_path):
     assert json.loads((out / PROGRESS_DIR / "settings.json").read_text()) == json.loads(json.dumps(s))
     assert _prepare_out(out, json.loads(json.dumps(s))) is True  # same settings: resume
     with pytest.raises(VlatrimError, match=r"cannot resume: the unfinished dataset in --out .* was made with other settings "
-                                           r"\(episodes_per_task: run has 1, now 2\), and 1 more"):
+                                           r"\(episodes_per_task: run has 2, now 3\), and 1 more"):
         _prepare_out(out, _cfg(episodes_per_task=3).content_settings())
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
