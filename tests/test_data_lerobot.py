@@ -203,9 +203,13 @@ def test_rejects_missing_or_wrong_declared_features(written):
     with pytest.raises(VlatrimError, match=r"lacks feature 'action'"):
         LeRobotDataset(root)
     bad = json.loads(json.dumps(info))
-    bad["features"]["observation.state"]["shape"] = [7]
+    bad["features"]["observation.state"]["shape"] = [4, 2]  # a state is a vector of any length, not a matrix
     info_path.write_text(json.dumps(bad))
-    with pytest.raises(VlatrimError, match=r"feature 'observation.state' is float32\[7\].*expected float32\[4\]"):
+    with pytest.raises(VlatrimError, match=r"feature 'observation.state' is float32\[4, 2\].*expected float32\[n\]"):
+        LeRobotDataset(root)
+    bad["features"]["observation.state"]["shape"] = [7]  # declared 7 values, the parquet holds 4
+    info_path.write_text(json.dumps(bad))
+    with pytest.raises(VlatrimError, match=r"observation.state"):
         LeRobotDataset(root)
     bad = json.loads(json.dumps(info))
     bad["features"]["observation.images.corner"]["dtype"] = "video"  # declared as video, but no videos
@@ -417,3 +421,25 @@ def test_reads_lerobot_produced_av1_video_layout(tmp_path):
     # AV1 CRF 30 4:2:0 (LeRobot's defaults): measured 2.2 mean / 18 p99 on these 48 px frames.
     _assert_close_images(ds.images(), np.concatenate([e[key] for e in eps]), mean=3.0, p99=24)
     np.testing.assert_array_equal(ds.images([12, 6]), ds.images()[[12, 6]])
+
+
+def test_robot_features_of_another_robot_round_trip(tmp_path):
+    """A dataset of a robot that is not Meta-World's (two cameras, 7-d state and action) reads back with
+    its own dims and the camera asked for."""
+    from vlatrim.data.frames import read_demo_frames
+    from vlatrim.data.lerobot import robot_features
+
+    names = tuple(f"j{i}" for i in range(7))
+    w = LeRobotWriter(tmp_path / "ds", robot_features(8, ("wrist", "top"), names, names), fps=10)
+    rng = np.random.default_rng(0)
+    frames = {"observation.images.wrist": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+              "observation.images.top": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+              "observation.state": rng.normal(size=(5, 7)).astype(np.float32),
+              "action": rng.uniform(-1, 1, size=(5, 7)).astype(np.float32), "next.success": np.zeros(5, dtype=bool)}
+    w.add_episode(frames, "stack the blocks")
+    w.close()
+    got = read_demo_frames(tmp_path / "ds", image_key="observation.images.top")
+    assert got.states.shape == (5, 7) and got.actions.shape == (5, 7) and got.image_size == 8
+    np.testing.assert_array_equal(got.images, frames["observation.images.top"])
+    np.testing.assert_array_equal(got.actions, frames["action"])
+    assert got.instructions == {0: "stack the blocks"}

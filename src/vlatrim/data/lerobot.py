@@ -70,32 +70,43 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
 
 # What vlatrim's training and evaluation need from a dataset: key -> (dtype, shape). The image
 # feature is any `observation.images.<cam>` of dtype image and shape (H, W, 3).
-REQUIRED_FEATURES: dict[str, tuple[str, tuple[int, ...]]] = {
-    STATE_KEY: ("float32", (4,)),
-    ACTION_KEY: ("float32", (4,)),
+# None in a shape: any length (a robot's state and action have the dims of that robot; a policy family
+# checks them against its model).
+REQUIRED_FEATURES: dict[str, tuple[str, tuple[int | None, ...]]] = {
+    STATE_KEY: ("float32", (None,)),
+    ACTION_KEY: ("float32", (None,)),
     **{k: (v["dtype"], (1,)) for k, v in DEFAULT_FEATURES.items()},
 }
 
 
-def metaworld_features(image_size: int, camera: str = "corner", video: bool = False) -> dict[str, dict[str, Any]]:
-    """The feature table of a vlatrim Meta-World dataset (``meta/info.json`` ``features``).
+def robot_features(image_size: int, cameras: tuple[str, ...] = ("corner",), state_names: tuple[str, ...] = (),
+                   action_names: tuple[str, ...] = (), video: bool = False) -> dict[str, dict[str, Any]]:
+    """The feature table (``meta/info.json`` ``features``) of a robot dataset: camera images, state,
+    action and per-frame success, plus LeRobot's bookkeeping columns.
 
     Args:
         image_size: square image side in pixels.
-        camera: camera name; the image key is ``observation.images.<camera>``.
-        video: store the camera as LeRobot's ``video`` dtype (MP4 files) instead of PNGs in the parquet.
+        cameras: camera names; image keys are ``observation.images.<camera>``.
+        state_names: one name per state dimension (their number is the state dim).
+        action_names: one name per action dimension.
+        video: store the cameras as LeRobot's ``video`` dtype (MP4 files) instead of PNGs in the parquet.
     """
+    images = {IMAGE_PREFIX + cam: {"dtype": "video" if video else "image", "shape": [image_size, image_size, 3],
+                                   "names": ["height", "width", "channels"]} for cam in cameras}
     return {
-        IMAGE_PREFIX + camera: {
-            "dtype": "video" if video else "image",
-            "shape": [image_size, image_size, 3],
-            "names": ["height", "width", "channels"],
-        },
-        STATE_KEY: {"dtype": "float32", "shape": [4], "names": ["hand_x", "hand_y", "hand_z", "gripper"]},
-        ACTION_KEY: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
+        **images,
+        STATE_KEY: {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)},
+        ACTION_KEY: {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)},
         "next.success": {"dtype": "bool", "shape": [1], "names": None},
         **{k: dict(v) for k, v in DEFAULT_FEATURES.items()},
     }
+
+
+def metaworld_features(image_size: int, camera: str = "corner", video: bool = False) -> dict[str, dict[str, Any]]:
+    """The feature table of a vlatrim Meta-World dataset: one camera, the 4-d state (hand xyz + gripper
+    opening) and the 4-d action (hand displacement + gripper), as LeRobot's Meta-World datasets hold."""
+    return robot_features(image_size, (camera,), ("hand_x", "hand_y", "hand_z", "gripper"),
+                          ("dx", "dy", "dz", "gripper"), video)
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -609,7 +620,7 @@ class LeRobotDataset:
         self,
         root: str | os.PathLike,
         image_key: str | None = None,
-        required: Mapping[str, tuple[str, tuple[int, ...]]] = REQUIRED_FEATURES,
+        required: Mapping[str, tuple[str, tuple[int | None, ...]]] = REQUIRED_FEATURES,
         tolerance_s: float = VIDEO_TOLERANCE_S,
     ) -> None:
         self.root = Path(root)
@@ -628,10 +639,14 @@ class LeRobotDataset:
         self.tolerance_s = float(tolerance_s)
         for key, (dtype, shape) in required.items():
             ft = self.features.get(key)
+            want = "[" + ", ".join("n" if d is None else str(d) for d in shape) + "]"
             if ft is None:
-                raise VlatrimError(f"dataset {str(self.root)!r} lacks feature {key!r} (needs {dtype}{list(shape)})")
-            if ft.get("dtype") != dtype or tuple(ft.get("shape", ())) != tuple(shape):
-                raise VlatrimError(f"feature {key!r} is {ft.get('dtype')}{list(ft.get('shape', []))} in {str(self.root)!r}, expected {dtype}{list(shape)}")
+                raise VlatrimError(f"dataset {str(self.root)!r} lacks feature {key!r} (needs {dtype}{want})")
+            have = tuple(ft.get("shape", ()))
+            if ft.get("dtype") != dtype or len(have) != len(shape) or any(
+                    d is not None and d != h for d, h in zip(shape, have)):
+                raise VlatrimError(f"feature {key!r} is {ft.get('dtype')}{list(have)} in {str(self.root)!r}, expected "
+                                   f"{dtype}{want}")
 
         files = sorted((self.root / "data").glob("chunk-*/file-*.parquet"))
         if not files:
@@ -763,12 +778,12 @@ class LeRobotDataset:
 
     @property
     def state(self) -> np.ndarray:
-        """float32 (N, 4): hand xyz + gripper."""
+        """float32 (N, S): the robot's state (Meta-World: hand xyz + gripper opening)."""
         return self._columns[STATE_KEY]
 
     @property
     def action(self) -> np.ndarray:
-        """float32 (N, 4)."""
+        """float32 (N, A): the actions (Meta-World: hand displacement + gripper)."""
         return self._columns[ACTION_KEY]
 
     @property
