@@ -205,7 +205,7 @@ def load_plugins() -> list[str]:
 
 
 FAMILIES: Registry[PolicyFamily] = Registry("policy family")
-"""Registered family instances by name; ``family_of`` asks them in order of ``priority``."""
+"""Registered family instances by name; ``family_of`` asks them in registration order, ``transformers`` last."""
 
 
 def register_family(cls: type[PolicyFamily]) -> type[PolicyFamily]:

@@ -2,7 +2,9 @@
 
 Every verb that resumes (demo generation, training, recovery, evaluation, the study) records the
 settings that decide its result when it starts, and refuses to continue a run whose recorded settings
-differ from the ones it is given now, naming the first few differences.
+differ from the ones it is given now. Recovery and the study refuse through ``check_same_settings``
+(naming the first difference and how many more); demo generation, training and evaluation still
+make their own checks of the same kind.
 """
 
 from __future__ import annotations

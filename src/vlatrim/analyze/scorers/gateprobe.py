@@ -6,7 +6,8 @@ model). Removing block i moves g_i from 1 to 0, so to second order
     dL_i = L(g_i = 0) - L(g_i = 1) ~ -dL/dg_i + 1/2 d2L/dg_i2.
 
 The first term alone (the naive gate gradient) is near zero on a trained model: the loss sits at an
-optimum in each gate, so it ranks blocks poorly (see REFERENCE.md: Spearman 0.37 with drop-one). The
+optimum in each gate, so it ranks blocks poorly (Spearman 0.090 against drop-one on the trained 24-block
+model of benchmarks/bench_analyze.py, benchmarks/results/analyze.json). The
 curvature is what a trained model's importance lives in. It comes from the same backward: the gates
 are per sample (g_i has one entry per row of the batch), so the backward returns every sample's gate
 gradient s_ib, and the empirical Fisher F_i = mean_b s_ib^2 estimates the curvature through the

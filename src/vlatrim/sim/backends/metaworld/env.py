@@ -1,6 +1,6 @@
 """One Meta-World task as vlatrim sees it: seeded start configurations, 4-d state, cheap images.
 
-Meta-World's gotchas (REFERENCE.md) handled here:
+Meta-World's gotchas (metaworld 3.1.1) handled here:
 - ``gym.make("Meta-World/MT1", ...)`` resamples among 50 fixed starts on every reset in a sequence
   fixed by its seed, so parallel workers would repeat each other. Resampling is switched off and the
   start is set explicitly: start ``(start_seed, i)`` is ``metaworld.MT1(task, seed=start_seed)
