@@ -2,9 +2,10 @@
 
 Every verb that resumes (demo generation, training, recovery, evaluation, the study) records the
 settings that decide its result when it starts, and refuses to continue a run whose recorded settings
-differ from the ones it is given now. Recovery and the study refuse through ``check_same_settings``
-(naming the first difference and how many more); demo generation, training and evaluation still
-make their own checks of the same kind.
+differ from the ones it is given now. Demo generation, recovery, evaluation and the study refuse
+through ``check_same_settings`` (naming the first difference and how many more). Training compares
+only the flags the user typed against the run's recorded ones (the rest come from the run), with a
+message naming the flag.
 """
 
 from __future__ import annotations
