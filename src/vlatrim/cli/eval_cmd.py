@@ -16,8 +16,8 @@ class EvalCommand:
     """Evaluate a policy (checkpoint directory, 'expert' or 'random') in a simulator (Meta-World); write eval.json."""
 
     policy: str
-    """Checkpoint directory (config.json with a registered model_type), or a built-in of the backend
-    (Meta-World: 'expert' / 'random')."""
+    """Checkpoint directory of any policy family (reference VLA, or a family registered by a plug-in; see
+    docs/extending.md), or a built-in of the backend (Meta-World: 'expert' / 'random')."""
     tasks: str
     """Task names or groups of the backend, comma-separated (Meta-World: names, 'mt10', 'mt50', easy, medium,
     hard, very_hard)."""

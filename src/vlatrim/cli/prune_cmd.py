@@ -36,8 +36,8 @@ class PruneCommand:
     """Remove blocks, heads, MLP channels or vocabulary from a model's language backbone and save it."""
 
     model: str
-    """Checkpoint directory to prune (config.json + safetensors): a reference-VLA checkpoint, a transformers
-    text model or a VLM."""
+    """Checkpoint directory to prune (config.json + safetensors) of any policy family: a reference-VLA
+    checkpoint, a transformers text model or VLM, or a family registered by a plug-in."""
     out: str
     """Output directory for the pruned checkpoint and prune.json; must not exist."""
     drop_blocks: str | None = None
