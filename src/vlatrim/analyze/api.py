@@ -16,6 +16,7 @@ from vlatrim.analyze.base import PATHWAYS, SCORERS, ScoringContext
 from vlatrim.analyze.run import DEFAULT_SCORERS, pathway_summary, run_scorers
 from vlatrim.errors import VlatrimError
 from vlatrim.utils.io import atomic_dir, read_json, write_json_atomic
+from vlatrim.utils.plugins import load_plugins
 
 
 def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAULT_SCORERS, num_batches: int = 8,
@@ -49,6 +50,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     from vlatrim.families import family_of
     from vlatrim.models.adapters import describe
 
+    load_plugins()  # scorers and families of installed plug-in packages
     for n in scorers:
         SCORERS.get(n)
     if num_batches < 1 or batch_size < 1:

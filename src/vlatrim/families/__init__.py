@@ -1,8 +1,8 @@
 """Policy families: one module per kind of VLA, registered by name (see ``base``).
 
 Built in: the reference VLA (``vlatrim_vla``) and plain transformers models (``transformers``).
-A package adds a family by registering it in a module named under the ``vlatrim.families``
-entry-point group (``[project.entry-points."vlatrim.families"] my_vla = "my_pkg.vlatrim_family"``),
+A package adds a family by registering it in a module named under the ``vlatrim.plugins``
+entry-point group (``[project.entry-points."vlatrim.plugins"] my_vla = "my_pkg.vlatrim_family"``),
 or a program by importing its own module before calling vlatrim.
 """
 
@@ -15,7 +15,6 @@ from vlatrim.errors import VlatrimError
 from vlatrim.families import reference as _reference  # noqa: F401  (registers vlatrim_vla)
 from vlatrim.families import transformers_lm as _transformers  # noqa: F401  (registers transformers)
 from vlatrim.families.base import (
-    ENTRY_POINT_GROUP,
     FAMILIES,
     LossInfo,
     PolicyFamily,
@@ -23,9 +22,9 @@ from vlatrim.families.base import (
     family_for_model,
     family_of,
     load,
-    load_plugins,
     register_family,
 )
+from vlatrim.utils.plugins import ENTRY_POINT_GROUP, load_plugins
 
 
 def load_policy(spec: str, device: str = "cpu", seed: int = 0, backend: Any = "metaworld") -> Any:

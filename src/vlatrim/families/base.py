@@ -18,16 +18,14 @@ A family is one class, registered by name in ``FAMILIES``, that answers for one 
 
 Verbs never test for a concrete model class: they call ``family_of(path)`` and ask the family. Families
 register when their module is imported; ``vlatrim.families`` imports the built-in ones and any module
-named by an installed package under the ``vlatrim.families`` entry-point group.
+named by an installed package under the ``vlatrim.plugins`` entry-point group (``vlatrim.utils.plugins``).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -39,6 +37,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.models.adapters import BackboneHandle, BlockList, locate_backbone
 from vlatrim.prune.plan import Coupling
 from vlatrim.registry import Registry
+from vlatrim.utils.plugins import load_plugins
 
 Split = Literal["train", "held_out", "all"]
 LIKELIHOODS = ("nll", "l1", "mse")
@@ -187,21 +186,6 @@ class PolicyFamily:
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         """(module scope LoRA adapts by default, parameter prefixes trained in full beside the adapters)."""
         return "", ()
-
-
-ENTRY_POINT_GROUP = "vlatrim.families"
-
-
-def load_plugins() -> list[str]:
-    """Import every module named under the ``vlatrim.families`` entry-point group (once each)."""
-    loaded = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            importlib.import_module(ep.value.split(":")[0])
-        except ImportError as e:
-            raise VlatrimError(f"policy family plug-in {ep.name!r} ({ep.value}) cannot be imported: {e}") from None
-        loaded.append(ep.name)
-    return loaded
 
 
 FAMILIES: Registry[PolicyFamily] = Registry("policy family")

@@ -26,6 +26,7 @@ from vlatrim.prune.save import load_pruned, save_pruned, state_dict_sha256
 from vlatrim.prune.surgery import apply_plan, validate_plan
 from vlatrim.prune.tokenizer import agrees, can_rewrite, rewrite_wordpiece
 from vlatrim.utils.hashing import dir_sha256
+from vlatrim.utils.plugins import load_plugins
 
 PRUNE_SCHEMA_VERSION = 1
 
@@ -124,6 +125,7 @@ def make_plan(req: PruneRequest, model: nn.Module, handle: Any, model_dir: Path 
         The plan and the parameters by component before.
     """
     before = params_by_component(handle)
+    load_plugins()  # pruning methods of installed plug-in packages
     analysis = Analysis(req.scores) if req.scores else None
     methods = [cls() for cls in ordered_methods()]
     methods = [m for m in methods if m.applies(req)]

@@ -17,6 +17,7 @@ import importlib
 import pkgutil
 
 from vlatrim.sim.backends.base import SIM_BACKENDS, SPLITS, EnvSpec, GymnasiumEnv, SimBackend, SimEnv, Step
+from vlatrim.utils.plugins import load_plugins
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "base":
@@ -27,6 +28,7 @@ def get_backend(backend: "str | SimBackend") -> SimBackend:
     """The backend called ``backend`` (a fresh instance), or ``backend`` itself if it is one."""
     if isinstance(backend, SimBackend):
         return backend
+    load_plugins()  # backends of installed plug-in packages
     return SIM_BACKENDS.get(backend)()
 
 
