@@ -64,6 +64,14 @@ def test_the_family_is_found_by_its_checkpoint(model_dir):
     assert paths == {"language": [LANGUAGE_PATH], "vision": [VISION_PATH], "action": [ACTION_PATH]}
 
 
+def test_inspect_opens_the_checkpoint_through_its_family(model_dir, tmp_path):
+    assert main(["inspect", str(model_dir), "--out", str(tmp_path / "i")]) == 0
+    info = json.loads((tmp_path / "i" / "inspect.json").read_text())
+    assert info["source"]["kind"] == MODEL_TYPE and info["backbone"]["blocks_path"] == LANGUAGE_PATH
+    assert [(v["path"], v["num_blocks"]) for v in info["vision"]] == [(VISION_PATH, 2)]
+    assert [(v["path"], v["num_blocks"]) for v in info["action"]] == [(ACTION_PATH, 3)]
+
+
 def test_analyze_scores_every_pathway_on_the_familys_loss(model_dir, dataset, tmp_path):
     out = tmp_path / "an"
     assert main(["analyze", "--model", str(model_dir), "--data", str(dataset), "--out", str(out), "--batches", "2",
