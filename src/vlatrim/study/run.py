@@ -18,13 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vlatrim.errors import VlatrimError
 from vlatrim.study import backends
 from vlatrim.study.backends import StageUnavailable
 from vlatrim.study.config import StudyConfig
 from vlatrim.study.store import StageLog, run_stage
+from vlatrim.utils.device import resolve_device
 from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
 from vlatrim.utils.rundir import check_same_settings
 
@@ -33,14 +32,6 @@ log = logging.getLogger(__name__)
 STUDY_SCHEMA_VERSION = 1
 CONFIG_FILE = "study_config.json"
 STUDY_FILE = "study.json"
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VlatrimError(f"--device {name!r} needs CUDA, which this machine lacks; use cpu")
-    return name
 
 
 def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
@@ -120,7 +111,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
             raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
         ensure_empty_dir(out)
         write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None})
-    device = _device(cfg.device)
+    device = str(resolve_device(cfg.device))
     slog = StageLog()
     unavailable: dict[str, str] = {}
     results: dict[str, Any] = {}
