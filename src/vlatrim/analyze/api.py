@@ -63,7 +63,8 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     handle = family.handle(model, blocks_path)
     present = tuple(p for p, lists in family.pathways(model, handle).items() if lists and p in pathways)
     ctx = ScoringContext(model=model, handle=handle, batches=cal.batches, loss=cal.loss, pathways=present,
-                         instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress)
+                         instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress,
+                         position_mask=lambda batch: family.position_mask(model, batch))
     run_key = dict(model=str(Path(model_path).resolve()), data=str(Path(data).resolve()), batches=num_batches,
                    batch_size=batch_size, pathways=present, blocks_path=blocks_path, seed=seed,
                    options=options or {})
