@@ -48,6 +48,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     from vlatrim.analyze.calibration import calibration
     from vlatrim.families import family_of
     from vlatrim.models.adapters import describe
+    from vlatrim.models.checkpoint import refuse_pickled_weights
 
     for n in scorers:
         SCORERS.get(n)
@@ -56,6 +57,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     if Path(out).exists():
         raise VlatrimError(f"output directory {out!r} already exists; choose a new --out or remove it")
     family = family_of(model_path)
+    refuse_pickled_weights(model_path, "model")
     if not any(Path(model_path).glob("*.safetensors")):
         raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")
     model = family.load(Path(model_path), device=device).eval()
