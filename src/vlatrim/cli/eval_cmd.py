@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from vlatrim.cli.output import setup_logging
 from vlatrim.cli.registry import COMMANDS
 
 
@@ -57,7 +57,7 @@ class EvalCommand:
         from vlatrim.sim.evaluate import EvalConfig, check_out, run_eval
         from vlatrim.sim.policy import policy_io
 
-        logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        setup_logging()
         backend = get_backend(self.backend)  # an unknown name lists the registered ones
         check_out(self.out, resume=self.resume)  # before loading a model and minutes of rollouts, not after
         backend.parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
