@@ -36,7 +36,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
         blocks_path: override for the backbone block list (see ``locate_backbone``).
         seed: which held-out samples form the batches.
         options: per-scorer options, e.g. ``{"angular": {"span": 2}}``.
-        device: where the model runs.
+        device: where the model runs: cpu, cuda, cuda:N or auto (``vlatrim.utils.device.resolve_device``).
         progress: tqdm bars.
 
     Finished scorers are kept in ``<out>.partial/`` until the run completes, so an interrupted run
@@ -49,7 +49,9 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     from vlatrim.families import family_of
     from vlatrim.models.adapters import describe
     from vlatrim.models.checkpoint import refuse_pickled_weights
+    from vlatrim.utils.device import resolve_device
 
+    device = str(resolve_device(device))  # "cuda" without CUDA: one line, not a traceback
     for n in scorers:
         SCORERS.get(n)
     if num_batches < 1 or batch_size < 1:

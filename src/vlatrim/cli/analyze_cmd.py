@@ -39,7 +39,7 @@ class AnalyzeCommand:
     seed: int = 0
     """Which held-out samples form the calibration batches."""
     device: str = "cpu"
-    """Where the model runs (cpu, cuda, cuda:1, ...)."""
+    """Where the model runs: cpu, cuda, cuda:N or auto."""
 
     def run(self) -> None:
         from vlatrim.analyze.api import analyze
