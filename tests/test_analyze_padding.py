@@ -1,4 +1,4 @@
-"""Block influence and angular distance count only real tokens: padded batches against hand-computed values."""
+"""Block influence, angular distance and CKA count only real tokens: padded batches against hand-computed values."""
 
 from __future__ import annotations
 
@@ -70,6 +70,13 @@ def test_padded_text_batch_matches_hand_computed_values():
             assert spans[n - 1][l] == pytest.approx(d.mean().item(), rel=1e-5), (n, l)
     assert last.scores[path].tolist() == pytest.approx([spans[1][0], spans[1][1], spans[1][1]])
     assert bi.extras["padding_masked"] == {path: True} and last.extras["position"] == "last"
+    # Linear CKA's rows are the real positions too.
+    cka = SCORERS.get("cka")().score(ctx).scores[path]
+    X = torch.cat([h[0][m] for h, m in zip(hs, real)]).double()
+    Y = torch.cat([h[1][m] for h, m in zip(hs, real)]).double()
+    X, Y = X - X.mean(0), Y - Y.mean(0)
+    ref = (Y.T @ X).square().sum() / ((X.T @ X).norm() * (Y.T @ Y).norm())
+    assert cka[0].item() == pytest.approx(1 - ref.item(), rel=1e-6)
 
 
 def test_angular_position_is_validated():
