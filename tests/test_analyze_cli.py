@@ -57,7 +57,10 @@ def test_analyze_text_model(dataset, lm_dir, tmp_path, capsys):
     assert res["calibration"]["samples"] == 6 and res["pathways_scored"] == ["language"]
     assert len(res["scorers"]["gateprobe"]["scores"]["model.layers"]) == 4
     assert set(res["scorers"]["cka"]["spearman_vs_drop_one"]) == {"model.layers"}
-    assert res["scorers"]["angular"]["options"] == {"span": 2}
+    assert res["scorers"]["angular"]["options"] == {"span": 2, "position": "all"}
+    # Instructions are padded to 32 tokens: both geometric scorers average over the real ones only.
+    assert res["scorers"]["block_influence"]["extras"]["padding_masked"] == {"model.layers": True}
+    assert res["scorers"]["angular"]["extras"]["padding_masked"] == {"model.layers": True}
     assert res["scorers"]["vocabulary"]["extras"]["instructions"] == 3
     assert sorted(res["plots"]) == ["angular_spans.png", "blocks.png", "pathways.png"]
     assert all((out / p).stat().st_size > 1000 for p in res["plots"])
@@ -105,6 +108,9 @@ def test_analyze_and_inspect_reference_vla(dataset, tmp_path, capsys):
     assert {p: len(v) for p, v in res["scorers"]["gateprobe"]["scores"].items()} == {
         "backbone.layers": 2, "vision.encoder.layers": 2}
     assert [r["pathway"] for r in res["pathways"].values()] == ["language", "vision"]
+    # The family's position mask reaches the scorers: padding is masked in the backbone's sequence only.
+    assert res["scorers"]["block_influence"]["extras"]["padding_masked"] == {"backbone.layers": True,
+                                                                            "vision.encoder.layers": False}
     assert "pathways.png" in res["plots"]
     # Calibration data without what the model needs is rejected up front (the model takes 16 px images).
     vla32 = ReferenceVLA.from_backbone(VLAConfig(image_size=32, chunk_size=2, max_text_tokens=8), "tiny-llama")

@@ -1,6 +1,7 @@
 import json
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import pytest
 
@@ -91,3 +92,97 @@ def test_atomic_outputs_follow_the_umask_not_mkstemp_0600(tmp_path):
         os.umask(old)
     assert f.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+@dataclass
+class _Typed:
+    """A probe verb with typed flags."""
+
+    out: str
+    n: int = 1
+    rate: float | None = None
+    mode: Literal["fast", "slow"] = "fast"
+
+    def run(self) -> None:
+        raise AssertionError("not reached: parsing fails first")
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--out", "o", "--n", "abc"], "vlatrim: --n expects an integer (INT), got 'abc'"),
+    (["--out", "o", "--n=1.5"], "vlatrim: --n expects an integer (INT), got '1.5'"),
+    (["--out", "o", "--rate", "x"], "vlatrim: --rate expects None or a number (FLOAT), got 'x'"),
+    (["--out", "o", "--mode", "medium"], "vlatrim: --mode 'medium' is not valid; valid: fast, slow"),
+    (["--n", "2"], "vlatrim: missing required --out; see 'vlatrim zz-typed --help'"),
+    (["--out", "o", "--nope", "3"], "vlatrim: unrecognized argument(s) --nope 3; see 'vlatrim zz-typed --help'"),
+])
+def test_cli_typed_argument_errors_are_one_line(monkeypatch, capsys, args, line):
+    monkeypatch.setitem(COMMANDS._entries, "zz-typed", _Typed)
+    assert cli_main.main(["zz-typed", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n" and captured.out == ""
+
+
+def test_cli_real_verb_type_error_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demos"
+    assert cli_main.main(["data", "metaworld", "--tasks", "reach", "--out", str(out), "--episodes-per-task", "abc"]) == 2
+    assert capsys.readouterr().err == "vlatrim: --episodes-per-task expects an integer (INT), got 'abc'\n"
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:  # --help still prints the full help (tyro exits 0 after it)
+        cli_main.main(["eval", "--help"])
+    assert e.value.code == 0 and "--episodes" in capsys.readouterr().out
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows for ``text``: carriage returns overwrite the current line from its start."""
+    lines = []
+    for segment in text.split("\n"):
+        cur = ""
+        for piece in segment.split("\r"):
+            cur = piece + cur[len(piece):]
+        lines.append(cur.rstrip())
+    return lines
+
+
+def test_cli_error_during_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    import sys
+
+    from tqdm import tqdm
+
+    @dataclass
+    class Busy:
+        """Fails halfway through a progress bar."""
+
+        def run(self) -> None:
+            bar = tqdm(total=4, desc="work", file=sys.stderr)  # still open when the error leaves run()
+            bar.update(2)
+            raise VlatrimError("boom at 2")
+
+    monkeypatch.setitem(COMMANDS._entries, "zz-busy", Busy)
+    assert cli_main.main(["zz-busy"]) == 2
+    screen = _screen(capsys.readouterr().err)
+    assert "vlatrim: boom at 2" in screen, screen
+
+
+def test_warnings_during_a_progress_bar_start_their_own_line(capsys):
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    from vlatrim.cli.output import TqdmLogHandler
+
+    log = logging.getLogger("vlatrim.zz_probe")
+    handler = TqdmLogHandler()
+    handler.setFormatter(logging.Formatter("vlatrim: %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tqdm(total=3, desc="eval", file=sys.stderr) as bar:
+            bar.update(1)
+            log.warning("worker 0 crashed; restarting it")
+            bar.update(1)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    screen = _screen(capsys.readouterr().err)
+    assert "vlatrim: worker 0 crashed; restarting it" in screen, screen

@@ -37,7 +37,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
         blocks_path: override for the backbone block list (see ``locate_backbone``).
         seed: which held-out samples form the batches.
         options: per-scorer options, e.g. ``{"angular": {"span": 2}}``.
-        device: where the model runs.
+        device: where the model runs: cpu, cuda, cuda:N or auto (``vlatrim.utils.device.resolve_device``).
         progress: tqdm bars.
 
     Finished scorers are kept in ``<out>.partial/`` until the run completes, so an interrupted run
@@ -49,8 +49,11 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     from vlatrim.analyze.calibration import calibration
     from vlatrim.families import family_of
     from vlatrim.models.adapters import describe
+    from vlatrim.models.checkpoint import refuse_pickled_weights
+    from vlatrim.utils.device import resolve_device
 
     load_plugins()  # scorers and families of installed plug-in packages
+    device = str(resolve_device(device))  # "cuda" without CUDA: one line, not a traceback
     for n in scorers:
         SCORERS.get(n)
     if num_batches < 1 or batch_size < 1:
@@ -58,6 +61,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     if Path(out).exists():
         raise VlatrimError(f"output directory {out!r} already exists; choose a new --out or remove it")
     family = family_of(model_path)
+    refuse_pickled_weights(model_path, "model")
     if not any(Path(model_path).glob("*.safetensors")):
         raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")
     model = family.load(Path(model_path), device=device).eval()
@@ -65,7 +69,8 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     handle = family.handle(model, blocks_path)
     present = tuple(p for p, lists in family.pathways(model, handle).items() if lists and p in pathways)
     ctx = ScoringContext(model=model, handle=handle, batches=cal.batches, loss=cal.loss, pathways=present,
-                         instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress)
+                         instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress,
+                         position_mask=lambda batch: family.position_mask(model, batch))
     run_key = dict(model=str(Path(model_path).resolve()), data=str(Path(data).resolve()), batches=num_batches,
                    batch_size=batch_size, pathways=present, blocks_path=blocks_path, seed=seed,
                    options=options or {})

@@ -9,6 +9,7 @@ Scorers never modify the model (hooks only) and never cut.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from tqdm.auto import tqdm
 from vlatrim.errors import VlatrimError
 from vlatrim.models.adapters import BackboneHandle, BlockList
 from vlatrim.registry import Registry
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> scalar Tensor``: the mean of per-sample losses over the batch."""
@@ -72,6 +75,11 @@ class ScoringContext:
     instructions: Sequence[str] = ()  # the dataset's instruction texts (vocabulary usage)
     tokenizer: Any = None  # the model's tokenizer (vocabulary usage)
     progress: bool = False  # show tqdm bars
+    position_mask: Callable[[Any], torch.Tensor | None] | None = None
+    """``batch -> (B, S)`` mask of the real (non-padding) positions of the language backbone's input
+    sequence, or None when all are real (a family's ``position_mask``). Unset: the batch's
+    ``attention_mask``, used where its shape matches the backbone's hidden states."""
+    _warned: set[str] = field(default_factory=set, init=False, repr=False)  # block lists warned about a mask
 
     def __post_init__(self) -> None:
         bad = [p for p in self.pathways if p not in PATHWAYS]
@@ -84,6 +92,30 @@ class ScoringContext:
         """The block lists of the selected pathways, the language backbone first."""
         all_lists = self.handle.pathways()
         return [bl for p in self.pathways for bl in all_lists[p]]
+
+    def real_positions(self, batch: Any, bl: BlockList, h: torch.Tensor) -> torch.Tensor | None:
+        """Bool mask over the leading dims of ``h`` (B, S) marking real positions of block list ``bl``'s
+        hidden states ``h`` (B, S, D) for ``batch``; None when every position counts.
+
+        Only the language backbone's sequence carries padding (an instruction padded to a fixed length);
+        other block lists (vision towers, action experts) count every position. A mask whose shape does
+        not match ``h`` is ignored with a warning, since it describes some other sequence.
+        """
+        if bl.pathway != "language":
+            return None
+        if self.position_mask is not None:
+            mask = self.position_mask(batch)
+        else:
+            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        if mask is None:
+            return None
+        if tuple(mask.shape) != tuple(h.shape[:-1]):
+            if bl.path not in self._warned:
+                self._warned.add(bl.path)
+                log.warning("position mask %s does not match %s hidden states %s; averaging over all positions",
+                            tuple(mask.shape), bl.path, tuple(h.shape))
+            return None
+        return mask.to(device=h.device).bool()
 
     def iter_batches(self, desc: str) -> Iterator[Any]:
         yield from tqdm(self.batches, desc=desc, disable=not self.progress, leave=False)

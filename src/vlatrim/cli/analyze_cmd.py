@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from vlatrim.analyze.base import PATHWAYS
 from vlatrim.analyze.run import DEFAULT_SCORERS
@@ -30,18 +31,21 @@ class AnalyzeCommand:
     """Block lists the block scorers cover (language, vision, action; those the model has)."""
     angular_span: int = 1
     """Span n of blocks whose angular distance is the angular scorer's per-block score."""
+    angular_position: Literal["all", "last"] = "all"
+    """Positions the angular distance averages over: all real (non-padding) tokens, or each sample's last
+    real token (Gromov et al.)."""
     blocks_path: str | None = None
     """Dotted path of the backbone's block list, when detection fails (see vlatrim inspect)."""
     seed: int = 0
     """Which held-out samples form the calibration batches."""
     device: str = "cpu"
-    """Where the model runs (cpu, cuda, cuda:1, ...)."""
+    """Where the model runs: cpu, cuda, cuda:N or auto."""
 
     def run(self) -> None:
         from vlatrim.analyze.api import analyze
 
         res = analyze(self.model, self.data, self.out, self.scorers, self.batches, self.batch_size, self.pathways,
-                      self.blocks_path, self.seed, {"angular": {"span": self.angular_span}}
+                      self.blocks_path, self.seed, {"angular": {"span": self.angular_span, "position": self.angular_position}}
                       if "angular" in self.scorers else None, self.device)
         for name, r in res["scorers"].items():
             rho = r.get("spearman_vs_drop_one") or {}

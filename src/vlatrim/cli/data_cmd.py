@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from vlatrim.cli.output import setup_logging
 from vlatrim.cli.registry import COMMANDS
 
 
@@ -44,7 +44,7 @@ class DataMetaWorldCommand:
     def run(self) -> None:
         from vlatrim.sim.backends.metaworld.demos import DemoConfig, generate_demos
 
-        logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        setup_logging()
         cfg = DemoConfig(
             tasks=self.tasks,
             episodes_per_task=self.episodes_per_task,

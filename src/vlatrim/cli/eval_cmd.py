@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from vlatrim.cli.output import setup_logging
 from vlatrim.cli.registry import COMMANDS
 
 
@@ -43,28 +43,30 @@ class EvalCommand:
     seed: int = 0
     """Seed of the episode start configurations (evaluation pool, disjoint from demonstrations)."""
     n_action_steps: int | None = None
-    """Actions of each predicted chunk to execute before re-planning (default: the whole chunk)."""
+    """Actions of each predicted chunk to execute before re-planning (default and most: the whole chunk)."""
     image_size: int | None = None
-    """Camera image side in pixels (default: the policy's `io.image_size` or `image_size` attribute if it has one, else 96)."""
+    """Camera image side in pixels, 8..1024 (default: the policy's `io.image_size` or `image_size` attribute if it
+    has one, else 96; a size other than a policy's declared `io.image_size` is refused)."""
     device: str = "cpu"
-    """Torch device for checkpoint policies."""
+    """Torch device for checkpoint policies: cpu, cuda, cuda:N or auto."""
     backend: str = "metaworld"
     """Simulator backend, a registered name (vlatrim.sim.backends.SIM_BACKENDS; 'metaworld')."""
 
     def run(self) -> None:
+        import dataclasses
+
         from vlatrim.families import load_policy
         from vlatrim.sim.backends import get_backend
         from vlatrim.sim.evaluate import EvalConfig, check_out, run_eval
         from vlatrim.sim.policy import policy_io
+        from vlatrim.utils.device import resolve_device
 
-        logging.basicConfig(level=logging.WARNING, format="vlatrim: %(message)s")
+        setup_logging()
+        device = str(resolve_device(self.device))  # "cuda" without CUDA: one line, not a traceback
         backend = get_backend(self.backend)  # an unknown name lists the registered ones
         check_out(self.out, resume=self.resume)  # before loading a model and minutes of rollouts, not after
         backend.parse_tasks(self.tasks)  # likewise: a typo in --tasks should not wait for a model to load
-        policy = load_policy(self.policy, device=self.device, seed=self.seed, backend=backend)
-        io = policy_io(policy)
-        declared = (io.image_size if io is not None else None) or getattr(policy, "image_size", None)
-        image_size = self.image_size or int(declared or 96)
+        # Every number is checked before a model loads; the image size is settled once the policy is known.
         cfg = EvalConfig(
             tasks=self.tasks,
             episodes=self.episodes,
@@ -73,10 +75,15 @@ class EvalCommand:
             max_steps=self.max_steps,
             seed=self.seed,
             n_action_steps=self.n_action_steps,
-            image_size=image_size,
+            image_size=self.image_size if self.image_size is not None else 96,
             video_episodes=self.video_episodes if self.video else 0,
             video_format=self.video_format,
         )
+        policy = load_policy(self.policy, device=device, seed=self.seed, backend=backend)
+        if self.image_size is None:
+            io = policy_io(policy)
+            declared = (io.image_size if io is not None else None) or getattr(policy, "image_size", None)
+            cfg = dataclasses.replace(cfg, image_size=int(declared or 96))
         result, path = run_eval(policy, cfg, self.out, policy_name=self.policy, resume=self.resume, backend=backend)
         print(json.dumps({"eval": str(path), "mean_success": result.overall["mean_success"],
                           "per_task": {t: v["success_rate"] for t, v in result.per_task.items()}}))

@@ -44,6 +44,9 @@ def load_policy(spec: str, device: str = "cpu", seed: int = 0, backend: Any = "m
     if not path.is_dir():
         raise VlatrimError(f"policy {spec!r} is neither a built-in ({', '.join(builtin_names(backend))}) nor a "
                            "checkpoint directory")
+    from vlatrim.utils.device import resolve_device
+
+    device = str(resolve_device(device))
     fam = family_of(path)
     return fam.policy(fam.load(path, device=device), device=device)
 

@@ -10,6 +10,7 @@ A family is one class, registered by name in ``FAMILIES``, that answers for one 
 - ``dataset(model, data, split)``: samples from a LeRobot v3 dataset whose features match the model;
 - ``policy(model, device)``: a closed-loop policy (``vlatrim.sim.policy`` contract) with its
   ``PolicyIO`` declaration, so a simulator backend can refuse a mismatch before any episode;
+- ``position_mask(model, batch)``: which positions of the backbone's sequence are real (not padding);
 - ``pathways(model)``: vision / language / action block lists; ``couplings(model)``: the cuts one
   block list forces on another; ``check_cut`` / ``after_cut``: refuse what the architecture cannot
   express, and keep the family's own config fields true after a cut;
@@ -128,6 +129,13 @@ class PolicyFamily:
         """Samples of ``split`` of the LeRobot v3 dataset ``data``; a dataset whose features do not match
         the model raises ``VlatrimError`` naming both."""
         raise NotImplementedError
+
+    def position_mask(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
+        """Which positions of the language backbone's input sequence are real (not padding), for a batch of
+        ``dataset``: a (B, S) mask over the S positions the backbone's blocks see, or None when all are
+        real. Scorers that average over positions (block influence, angular distance) count only these.
+        Default: the batch's ``attention_mask`` (right for a text model whose sequence is the tokens)."""
+        return batch.get("attention_mask") if isinstance(batch, dict) else None
 
     def sequence_length(self, model: nn.Module, batch: dict[str, Any]) -> int | None:
         """Tokens the backbone processes per sample (for the token budget in recover.json); None: unknown."""

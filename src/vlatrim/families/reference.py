@@ -75,6 +75,15 @@ class ReferenceFamily(PolicyFamily):
         """Action chunks (B, T, A) in environment units from a batch of ``dataset``."""
         return model.predict_from_batch(batch)
 
+    def position_mask(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
+        # The backbone sees [image tokens | state | instruction (padded) | action queries] (``encode``);
+        # only the instruction carries padding.
+        mask = batch["attention_mask"]  # (B, L)
+        B = mask.shape[0]
+        prefix = int(model.config.num_image_tokens) + (model.state_proj is not None)
+        ones = mask.new_ones
+        return torch.cat([ones(B, prefix), mask, ones(B, int(model.config.chunk_size))], dim=1)  # (B, S)
+
     @torch.no_grad()
     def sequence_length(self, model: nn.Module, batch: dict[str, Any]) -> int | None:
         # Backbone tokens per sample: image + state + instruction slots + action queries, from one pass.

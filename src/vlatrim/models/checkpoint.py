@@ -8,6 +8,7 @@ and then moved in one by one with ``os.replace``; ``config.json`` moves last, so
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,34 @@ from vlatrim.utils.io import read_json, write_json_atomic
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save / pickle weight files
+
+
+def refuse_pickled_weights(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Raise ``VlatrimError`` when directory ``path`` holds pickled weights (``pytorch_model.bin``, ...)
+    but no safetensors: loading them would unpickle, which can run arbitrary code. The message says how
+    to convert a trusted checkpoint once. A directory with safetensors, or with no weights, passes.
+    """
+    path = Path(path)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.is_file() and f.name.endswith(PICKLE_SUFFIXES))
+    if not pickles:
+        return
+    cfg = path / CONFIG_FILE
+    arch = "AutoModel"
+    try:
+        archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+        arch = archs[0] if archs and isinstance(archs[0], str) and archs[0].isidentifier() else arch
+    except (OSError, ValueError, AttributeError):
+        pass
+    more = f" and {len(pickles) - 2} more" if len(pickles) > 2 else ""
+    raise VlatrimError(
+        f"{what} {str(path)!r} holds only pickled weights ({', '.join(pickles[:2])}{more}), which vlatrim does not "
+        f"load (unpickling can run code); if you trust them, convert once to safetensors: python -c \"import "
+        f"transformers as t; t.{arch}.from_pretrained({str(path)!r}).save_pretrained({str(path)!r})\"")
 
 
 def write_checkpoint(path: str | os.PathLike, config: dict[str, Any], model: nn.Module,

@@ -19,6 +19,7 @@ from torch import nn
 
 from vlatrim.errors import VlatrimError
 from vlatrim.models.adapters.load import VLATRIM_MODEL_TYPES
+from vlatrim.models.checkpoint import refuse_pickled_weights
 from vlatrim.prune.plan import PrunePlan
 from vlatrim.prune.surgery import WIDTHS_KEY, SurgeryResult, _cut_block_width, _locate
 from vlatrim.prune.vocab import RemappedTokenizer, TokenRemap
@@ -151,9 +152,13 @@ def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callabl
         locate: the backbone locator.
     Returns:
         The model in eval mode.
+
+    Raises:
+        VlatrimError: the directory holds pickled weights only (never unpickled), or none this class reads.
     """
     path = Path(path)
     cfg_json = read_json(path / "config.json", "model config")
+    refuse_pickled_weights(path)
     if model_cls is None and cfg_json.get("model_type") in VLATRIM_MODEL_TYPES:
         # The reference VLA: its own from_pretrained, told how to narrow blocks of recorded widths.
         mod_name, cls_name = VLATRIM_MODEL_TYPES[cfg_json["model_type"]]
@@ -162,7 +167,11 @@ def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callabl
     cls = model_cls or _model_class(cfg_json)
     text_json = cfg_json.get("text_config") if isinstance(cfg_json.get("text_config"), dict) else {}
     if WIDTHS_KEY not in cfg_json and WIDTHS_KEY not in text_json:
-        return cls.from_pretrained(path).eval()
+        try:
+            return cls.from_pretrained(path, use_safetensors=True, local_files_only=True).eval()
+        except OSError as e:  # e.g. no model.safetensors
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise VlatrimError(f"checkpoint {str(path)!r} cannot be loaded ({first})") from None
     config = cls.config_class.from_pretrained(path)
     model = cls(config)
     narrow_to_recorded_widths(model, locate)

@@ -204,8 +204,11 @@ class Evaluator:
         """Refuse ``policy`` before any episode: its ``io`` against the backend, and a policy that
         reads images in a run without rendering or a backend without cameras.
 
+        Also refused: an image size other than the policy's declared ``io.image_size``, and
+        ``n_action_steps`` above its ``io.chunk_size``.
+
         Raises:
-            VlatrimError: one line naming the policy's and the backend's side.
+            VlatrimError: one line naming the policy's and the backend's (or the settings') side.
         """
         check_policy_io(policy, self.backend)
         if uses_images(policy):
@@ -213,6 +216,18 @@ class Evaluator:
                 raise VlatrimError("the policy reads images; evaluation with render=False would feed it none")
             if not self.backend.cameras:
                 raise VlatrimError(f"the policy reads images; backend {self.backend.name} renders no camera")
+        io = policy_io(policy)
+        if io is None:
+            return
+        # A policy fed images of another size than it declares fails every episode quietly (0 %), so the
+        # mismatch is an input error, not a result.
+        if io.image_size is not None and uses_images(policy) and self.cfg.image_size != io.image_size:
+            raise VlatrimError(f"--image-size {self.cfg.image_size} differs from the policy's image size "
+                               f"{io.image_size} px (its io.image_size); give --image-size {io.image_size} or omit it")
+        n = self.cfg.n_action_steps
+        if n is not None and n > io.chunk_size:
+            raise VlatrimError(f"--n-action-steps {n} is more than the policy's chunk of {io.chunk_size} action(s) "
+                               f"(its io.chunk_size); valid: 1..{io.chunk_size}")
 
     def cameras_for(self, policy: Policy) -> tuple[str, ...]:
         """The cameras rendered for ``policy``: those its ``io`` names, else the configured camera."""

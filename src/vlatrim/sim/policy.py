@@ -63,9 +63,9 @@ class PolicyIO:
         cameras: cameras it reads, in order (rendered for it; ``obs["image"]`` is the first); each
             must be one of the backend's. Empty: it reads no image (nothing is rendered for it).
         image_size: side of the square images it was trained on; None: any (the run's image size).
-            ``vlatrim eval`` renders at this size unless ``--image-size`` is given.
-        chunk_size: actions per ``predict`` call (T); informational, the evaluator reads T from the
-            returned array.
+            ``vlatrim eval`` renders at this size; a run at another size is refused.
+        chunk_size: actions per ``predict`` call (T); the evaluator reads T from the returned array and
+            refuses ``n_action_steps`` above this.
     """
 
     action_dim: int  # length of one action vector the policy predicts

@@ -1,4 +1,5 @@
-"""Block influence: 1 - cos(block input, block output), averaged over positions (ShortGPT's metric)."""
+"""Block influence (ShortGPT, Men et al. 2024): 1 - cos(block input, block output), averaged over the
+real tokens of the calibration set (padding positions excluded by ``ScoringContext.real_positions``)."""
 
 from __future__ import annotations
 
@@ -24,19 +25,28 @@ class BlockInfluence(Scorer):
     @torch.no_grad()
     def score(self, ctx: ScoringContext) -> ScoreResult:
         lists = ctx.block_lists()
+        owners = [bl for bl in lists for _ in bl.modules]  # block index -> its block list
         blocks = [b for bl in lists for b in bl.modules]
-        total = torch.zeros(len(blocks), dtype=torch.float64)
+        total = torch.zeros(len(blocks), dtype=torch.float64)  # sum of 1 - cos over counted positions
+        count = torch.zeros(len(blocks), dtype=torch.float64)  # positions counted
+        masked: dict[str, bool] = {}
+        batch = None
 
         def fn(i: int, h: torch.Tensor, o: torch.Tensor) -> None:
-            # h, o: (..., D); cosine per position, averaged over all positions of the batch.
-            total[i] += (1 - F.cosine_similarity(h.float(), o.float(), dim=-1)).mean().double()
+            d = 1 - F.cosine_similarity(h.float(), o.float(), dim=-1)  # (B, S): one value per position
+            real = ctx.real_positions(batch, owners[i], h)  # (B, S) bool or None
+            masked[owners[i].path] = real is not None
+            if real is not None:
+                d = d[real]
+            total[i] += d.sum().double()
+            count[i] += d.numel()
 
         with block_hooks(blocks, fn):
-            for batch in ctx.iter_batches("block influence"):
+            for batch in ctx.iter_batches("block influence"):  # fn reads the current batch
                 ctx.loss_value(batch)
-        total /= len(ctx.batches)
+        total /= count.clamp_min(1)
         scores, k = {}, 0
         for bl in lists:
             scores[bl.path] = total[k:k + len(bl)]
             k += len(bl)
-        return ScoreResult(scores)
+        return ScoreResult(scores, {"padding_masked": masked})

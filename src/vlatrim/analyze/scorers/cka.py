@@ -1,6 +1,6 @@
 """Linear CKA between each block's input and output representations; score = 1 - CKA.
 
-Linear CKA (Kornblith et al. 2019) over all positions of the calibration set, in feature space:
+Linear CKA (Kornblith et al. 2019) over all real (non-padding) positions of the calibration set, in feature space:
 CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred X, Y (positions x D),
 accumulated as sums and D x D products so the calibration set never has to be held at once.
 """
@@ -27,7 +27,7 @@ class LinearCKA(Scorer):
 
     @torch.no_grad()
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        scores = {}
+        scores, masked = {}, {}
         for bl in ctx.block_lists():
             N = len(bl)
             cap = Boundaries(bl.modules)
@@ -38,7 +38,10 @@ class LinearCKA(Scorer):
             for batch in ctx.iter_batches(f"cka: {bl.path}"):
                 with cap.attach():
                     ctx.loss_value(batch)
-                xs = [x.reshape(-1, x.shape[-1]).double() for x in cap.states]  # (P, D) each
+                real = ctx.real_positions(batch, bl, cap.states[0])  # (B, S) bool or None
+                masked[bl.path] = real is not None
+                # Rows are positions: the real ones only (padding would add rows of its own).
+                xs = [(x[real] if real is not None else x.reshape(-1, x.shape[-1])).double() for x in cap.states]  # (P, D)
                 if not sums:
                     D = xs[0].shape[-1]
                     sums = [torch.zeros(D, dtype=torch.float64) for _ in xs]
@@ -58,4 +61,4 @@ class LinearCKA(Scorer):
                 denom = torch.linalg.matrix_norm(gc[l]) * torch.linalg.matrix_norm(gc[l + 1])
                 vals.append(1.0 - (cc.square().sum() / denom.clamp_min(1e-30)).item())
             scores[bl.path] = torch.tensor(vals, dtype=torch.float64)
-        return ScoreResult(scores)
+        return ScoreResult(scores, {"padding_masked": masked})
