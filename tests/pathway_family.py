@@ -180,6 +180,10 @@ class PathwayFamily(PolicyFamily):
     def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return model.predict(batch)
 
+    def position_mask(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
+        am = batch["attention_mask"]  # (B, L): instruction padding; the 4 image tokens and the state are real
+        return torch.cat([am.new_ones(am.shape[0], 5), am], 1)  # (B, 5 + L)
+
     def example_batch(self, model: nn.Module, batch_size: int, generator: torch.Generator,
                       instruction: str) -> dict[str, Any] | None:
         s = model.config.image_size

@@ -89,6 +89,8 @@ def test_analyze_scores_every_pathway_on_the_familys_loss(model_dir, dataset, tm
     assert set(a["pathways"]) == {LANGUAGE_PATH, VISION_PATH, ACTION_PATH}
     assert a["pathways"][ACTION_PATH]["pathway"] == "action"
     assert np.isfinite(a["scorers"]["drop_one"]["scores"][ACTION_PATH]).all()
+    # The family says which backbone positions are real, so block influence skips instruction padding.
+    assert a["scorers"]["block_influence"]["extras"]["padding_masked"][LANGUAGE_PATH] is True
     assert fam.loss(model, _batch(dataset, model))["loss"].ndim == 0
 
 
