@@ -158,6 +158,26 @@ def test_analyze_scores_vision_language_and_action_on_the_flow_matching_loss(pol
     assert a["scorers"]["gateprobe"]["scores"][LANGUAGE_PATH][3] == 0
 
 
+def test_block_hooks_reach_the_layers_smolvla_never_calls(policy_dir, dataset):
+    import copy
+
+    from vlatrim.analyze.hooks import skip_blocks
+
+    fam = family_of(policy_dir)
+    model = fam.load(policy_dir)
+    batch = _batch(fam, model, dataset)
+    base = fam.loss(model, batch)["loss"]
+    expert = model.get_submodule(EXPERT_PATH)
+    with skip_blocks(expert, [0]):
+        skipped = fam.loss(model, batch)["loss"]
+    assert skipped != base
+    torch.testing.assert_close(fam.loss(model, batch)["loss"], base, rtol=0, atol=0)  # hooks gone: exact again
+    twin = copy.deepcopy(model)  # a copy's bridge points at the copy's own layers
+    with skip_blocks(twin.get_submodule(EXPERT_PATH), [0]):
+        torch.testing.assert_close(fam.loss(twin, batch)["loss"], skipped, rtol=0, atol=0)
+        torch.testing.assert_close(fam.loss(model, batch)["loss"], base, rtol=0, atol=0)
+
+
 def test_recover_full_trains_the_cut_policy(policy_dir, dataset, tmp_path):
     pruned = tmp_path / "p"
     assert main(["prune", "--model", str(policy_dir), "--out", str(pruned), "--drop-blocks", "2,3"]) == 0
@@ -173,6 +193,19 @@ def test_recover_full_trains_the_cut_policy(policy_dir, dataset, tmp_path):
     assert any(k.startswith("model.vlm_with_expert.lm_expert.") for k in changed)
 
 
+def test_recover_lora_adapts_the_vlm_text_layers_and_trains_the_expert(policy_dir, dataset, tmp_path):
+    out = tmp_path / "r"
+    assert main(["recover", "--model", str(policy_dir), "--data", str(dataset), "--out", str(out), "--method", "lora",
+                 "--steps", "2", "--batch-size", "4", "--checkpoint-every", "2"]) == 0
+    rec = json.loads((out / "recover.json").read_text())
+    assert rec["settings"]["recovery"]["lora"]["scope"] == "model.vlm_with_expert.vlm.model.text_model"
+    before, after = _lerobot_load(policy_dir)[0], _lerobot_load(out)[0]  # adapters merged: a plain SmolVLA
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
+    assert any(k.startswith("model.vlm_with_expert.vlm.model.text_model.layers.") for k in changed)
+    assert any(k.startswith("model.vlm_with_expert.lm_expert.") for k in changed)
+    assert not any(".vision_model." in k for k in changed)
+
+
 def test_policy_declares_its_io_and_predicts_chunks(policy_dir):
     policy = load_policy(str(policy_dir))
     assert (policy.io.action_dim, policy.io.state_dim, policy.io.cameras, policy.io.image_size) == (4, 4, ("corner",), 32)
@@ -182,6 +215,15 @@ def test_policy_declares_its_io_and_predicts_chunks(policy_dir):
            "instruction": ["open the drawer", "press the button"]}
     actions = policy.predict(obs)
     assert actions.shape == (2, 8, 4) and np.isfinite(actions).all()
+
+
+def test_eval_runs_the_policy_in_metaworld(policy_dir, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["eval", "--policy", str(policy_dir), "--tasks", "drawer-close-v3", "--episodes", "1",
+                 "--max-steps", "4", "--out", str(out)]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["per_task"]["drawer-close-v3"]["episodes"] == 1 and ev["per_task"]["drawer-close-v3"]["errors"] == 0
+    assert ev["settings"]["cameras"] == ["corner"]
 
 
 def test_dataset_features_that_do_not_match_are_named(policy_dir, tmp_path):

@@ -132,26 +132,32 @@ def bridge_block_hooks(model: nn.Module) -> None:
     """
     w = _vlm(model)
     for layer in [*w.get_vlm_model().text_model.layers, *w.lm_expert.layers]:
-        if getattr(layer, "_vlatrim_bridged", False):
+        if "_vlatrim_state" in layer.__dict__:
             continue
-        state: dict[str, torch.Tensor] = {}
+        # Plain attributes (not submodules), so a deepcopy of the model gets its own, pointing at its own layers.
+        object.__setattr__(layer, "_vlatrim_state", {})
+        for part in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):
+            object.__setattr__(part, "_vlatrim_block", layer)
+        layer.input_layernorm.register_forward_pre_hook(_grab_block_input)
+        layer.post_attention_layernorm.register_forward_pre_hook(_grab_residual)
+        layer.mlp.register_forward_hook(_block_output_hooks)
 
-        def grab(key: str, state: dict[str, torch.Tensor] = state):
-            def hook(mod: nn.Module, args: tuple) -> None:
-                state[key] = args[0]
-            return hook
 
-        def mlp_out(mod: nn.Module, args: tuple, out: torch.Tensor, layer: nn.Module = layer,
-                    state: dict[str, torch.Tensor] = state) -> torch.Tensor | None:
-            if not layer._forward_hooks:
-                return None
-            r = state["residual"]
-            return _run_block_hooks(layer, state["input"], r + out) - r
+def _grab_block_input(mod: nn.Module, args: tuple) -> None:
+    mod._vlatrim_block._vlatrim_state["input"] = args[0]
 
-        layer.input_layernorm.register_forward_pre_hook(grab("input"))
-        layer.post_attention_layernorm.register_forward_pre_hook(grab("residual"))
-        layer.mlp.register_forward_hook(mlp_out)
-        layer._vlatrim_bridged = True
+
+def _grab_residual(mod: nn.Module, args: tuple) -> None:
+    mod._vlatrim_block._vlatrim_state["residual"] = args[0]
+
+
+def _block_output_hooks(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+    layer = mod._vlatrim_block
+    state = layer._vlatrim_state
+    h, r = state.pop("input", None), state.pop("residual", None)
+    if not layer._forward_hooks or h is None or r is None:
+        return None
+    return _run_block_hooks(layer, h, r + out) - r
 
 
 def image_keys(model: nn.Module) -> list[str]:
@@ -491,8 +497,9 @@ class LeRobotSmolVLAFamily(PolicyFamily):
             if got != want:
                 raise VlatrimError(
                     "SmolVLA: only paired depth cuts (--drop-blocks) are supported; head, KV-head and MLP-width cuts "
-                    f"are refused (layer {i} would have {got}, LeRobot rebuilds {want} from vlm_model_name's config, and "
-                    "the expert's joint attention uses the VLM's head counts)")
+                    f"are refused (layer {i} would have {got}; LeRobot rebuilds {want} from vlm_model_name's config, the "
+                    "joint attention uses the VLM's head counts for the expert too, and the expert's cross-attention "
+                    "k_proj / v_proj take the VLM's KV width)")
         if text.get_input_embeddings().num_embeddings != tc.vocab_size:
             raise VlatrimError("SmolVLA: vocabulary cuts are refused (LeRobot rebuilds the embedding from "
                                "vlm_model_name's config and its tokenizer)")
