@@ -242,6 +242,19 @@ def test_dataset_features_that_do_not_match_are_named(policy_dir, tmp_path):
         fam.dataset(fam.load(policy_dir), root)
 
 
+def test_a_vlm_that_is_neither_local_nor_cached_is_refused(policy_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "elsewhere"
+    shutil.copytree(policy_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["vlm_model_name"] = "nobody-here/no-such-smolvlm"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VlatrimError, match=r"vlm_model_name 'nobody-here/no-such-smolvlm', which is neither a local "
+                                           r"directory nor in the Hugging Face cache, and vlatrim downloads nothing"):
+        family_of(d).load(d)
+
+
 @pytest.mark.parametrize("kind, message", [
     ("pi0", "LeRobot pi0 policy, which vlatrim does not support: pi0 / pi0.5 need LeRobot's patched transformers"),
     ("pi05", "need LeRobot's patched transformers, which is not on PyPI"),

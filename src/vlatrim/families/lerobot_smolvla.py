@@ -27,7 +27,10 @@ counts (the joint attention also hard-codes the VLM's head counts for the expert
 vocabulary are refused with a message saying so.
 
 Loss (``loss``): the policy's own flow-matching loss (``SmolVLAPolicy.forward``: MSE between the
-predicted and the true velocity, averaged over batch, chunk steps and the padded action dims). Every
+predicted and the true velocity, averaged over batch, chunk steps and the padded action dims). Chunk
+steps past the episode's end are zeroed through the input SmolVLA reads for that, ``actions_id_pad``
+(lerobot 0.4.4's dataset yields ``action_is_pad``, which SmolVLA does not read, so ``lerobot-train``
+does not mask them). Every
 sample of ``dataset`` carries its own noise and time draws, made by a ``torch.Generator`` seeded with
 ``(NOISE_SEED, frame row)``: the same sample always gets the same draws, whatever batch it lands in.
 In eval mode (analysis, held-out checks, the tests) the loss uses those fixed draws, so it is a
@@ -87,6 +90,16 @@ def _check_supported(path: Path, config: dict[str, Any]) -> None:
     if not lerobot_available():
         raise VlatrimError(f"{str(path)!r} is a LeRobot smolvla checkpoint and lerobot is not installed: "
                            "pip install vlatrim[lerobot]")
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo_id``'s config.json (a model LeRobot can build offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
 
 
 def _vlm(model: nn.Module) -> nn.Module:
@@ -319,10 +332,11 @@ class LeRobotSmolVLAFamily(PolicyFamily):
         from lerobot.policies.factory import make_pre_post_processors
         from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-        vlm_dir = read_config(path).get("vlm_model_name")
-        if vlm_dir and not Path(vlm_dir).is_dir():
-            raise VlatrimError(f"{str(path)!r}: vlm_model_name {vlm_dir!r} is not a local directory; SmolVLA builds its "
-                               "VLM from that config and processor, and vlatrim downloads nothing")
+        vlm = read_config(path).get("vlm_model_name")
+        if isinstance(vlm, str) and not Path(vlm).is_dir() and not _in_hf_cache(vlm):
+            raise VlatrimError(f"{str(path)!r}: SmolVLA builds its VLM from vlm_model_name {vlm!r}, which is neither a "
+                               "local directory nor in the Hugging Face cache, and vlatrim downloads nothing; download it "
+                               "once (hf download <name>) or point vlm_model_name at a local copy")
         try:
             policy = SmolVLAPolicy.from_pretrained(str(path), strict=True)
         except (RuntimeError, ValueError, OSError) as e:
