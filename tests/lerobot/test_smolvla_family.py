@@ -65,7 +65,7 @@ def test_unpruned_save_and_reload_are_bit_identical(policy_dir, dataset, tmp_pat
     torch.testing.assert_close(fam.loss(again, batch)["loss"], loss, rtol=0, atol=0)
     # LeRobot's own policy and processors give the same loss with the same noise and time.
     raw = fam.dataset(model, dataset, "all").data.raw_batch(list(range(6)))
-    lb = pre({k: v for k, v in raw.items() if k != "_rows"})
+    lb = pre(raw)
     lb["actions_id_pad"] = lb.pop("action_is_pad")
     lerobot_loss, _ = lerobot_policy.forward(lb, noise=batch["noise"], time=batch["time"])
     torch.testing.assert_close(lerobot_loss, loss, rtol=0, atol=0)
@@ -105,7 +105,7 @@ def test_coupled_depth_cut_reloads_in_lerobot_with_the_same_loss(policy_dir, dat
     batch = _batch(fam, cut, dataset)
     want = fam.loss(cut, batch)["loss"]
     raw = fam.dataset(cut, dataset, "all").data.raw_batch(list(range(6)))
-    lb = pre({k: v for k, v in raw.items() if k != "_rows"})
+    lb = pre(raw)
     lb["actions_id_pad"] = lb.pop("action_is_pad")
     got, _ = lerobot_policy.forward(lb, noise=batch["noise"], time=batch["time"])
     torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -228,10 +228,13 @@ class SmolVLASamples(Dataset):
     def __len__(self) -> int:
         return len(self.chunks[self.keys[0]])
 
+    def _rows(self, indices: list[int]) -> torch.Tensor:
+        """Dataset frame rows of the samples ``indices`` (the seeds of their noise / time draws)."""
+        return self.chunks[self.keys[0]].rows[torch.as_tensor(indices, dtype=torch.long)]
+
     def raw_batch(self, indices: list[int]) -> dict[str, Any]:
-        main = self.chunks[self.keys[0]]
-        b = main.__getitems__(indices)
-        rows = main.rows[torch.as_tensor(indices, dtype=torch.long)]
+        b = self.chunks[self.keys[0]].__getitems__(indices)
+        rows = self._rows(indices)
         out: dict[str, Any] = {}
         for k, ds in self.chunks.items():
             img = ds.images[rows]  # (B, H, W, 3) uint8
@@ -240,12 +243,11 @@ class SmolVLASamples(Dataset):
         out[ACTION_KEY] = b["action"]
         out["action_is_pad"] = ~b["action_mask"]
         out["task"] = [self.instructions[int(self._tasks[r])] for r in rows.tolist()]
-        out["_rows"] = rows
         return out
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         raw = self.raw_batch(list(indices))
-        rows = raw.pop("_rows")
+        rows = self._rows(list(indices))
         action = raw[ACTION_KEY].clone()
         mask = ~raw["action_is_pad"]
         proc = self.pre(raw)
