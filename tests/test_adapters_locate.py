@@ -78,7 +78,9 @@ def test_locate_backbone_layout(name):
             assert block.get_submodule(a.q).out_features == 4 * hd
             assert block.get_submodule(a.k).out_features == block.get_submodule(a.v).out_features == kv * hd
         assert block.get_submodule(m.down).in_features == width
-    assert [bl.path for bl in h.vision] == ([vision] if vision else [])
+    # transformers 4.x wraps LLaVA's CLIP and PaliGemma's SigLIP tower in a ``vision_model`` (5.x does not).
+    legacy = vision.replace("vision_tower.", "vision_tower.vision_model.") if vision else vision
+    assert [bl.path for bl in h.vision] in (([vision], [legacy]) if vision else ([],))
     assert h.action == []
 
 

@@ -69,10 +69,28 @@ def eager_attention(module: nn.Module | None) -> Iterator[None]:
     except Exception:  # a model that cannot switch keeps its kernel; the count then misses attention
         yield
         return
+    swapped = _legacy_sdpa_to_eager(module)
     try:
         yield
     finally:
+        for m, cls in swapped:
+            m.__class__ = cls
         setter(old)
+
+
+def _legacy_sdpa_to_eager(module: nn.Module) -> list[tuple[nn.Module, type]]:
+    """transformers 4.x builds some attention modules (BERT's ``BertSdpaSelfAttention``) by the config's
+    implementation at construction, so switching the config leaves them on SDPA. Such a module is a
+    subclass ``XSdpaY`` of its eager class ``XY`` with the same state; give it the eager class for the
+    count. Returns (module, its class) to restore. Nothing to do under transformers 5."""
+    swapped = []
+    for m in module.modules():
+        cls = type(m)
+        eager = cls.__mro__[1] if len(cls.__mro__) > 1 else None
+        if "Sdpa" in cls.__name__ and eager is not None and eager.__name__ == cls.__name__.replace("Sdpa", ""):
+            swapped.append((m, cls))
+            m.__class__ = eager
+    return swapped
 
 
 def counted_flops(fn: Callable[[], object], prefix: str | None = None) -> dict[str, Any]:

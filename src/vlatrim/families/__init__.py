@@ -1,6 +1,7 @@
 """Policy families: one module per kind of VLA, registered by name (see ``base``).
 
-Built in: the reference VLA (``vlatrim_vla``) and plain transformers models (``transformers``).
+Built in: the reference VLA (``vlatrim_vla``), LeRobot SmolVLA policies (``lerobot_smolvla``; lerobot is
+imported only when one is loaded) and plain transformers models (``transformers``).
 A package adds a family by registering it in a module named under the ``vlatrim.plugins``
 entry-point group (``[project.entry-points."vlatrim.plugins"] my_vla = "my_pkg.vlatrim_family"``),
 or a program by importing its own module before calling vlatrim.
@@ -53,3 +54,7 @@ def load_policy(spec: str, device: str = "cpu", seed: int = 0, backend: Any = "m
 
 __all__ = ["ENTRY_POINT_GROUP", "FAMILIES", "LossInfo", "PolicyFamily", "SampleSet", "family_for_model", "family_of", "load",
            "load_plugins", "load_policy", "register_family"]
+
+# Registered after the built-ins above (families are asked and listed in registration order); lerobot itself
+# is imported only when a LeRobot checkpoint is loaded.
+from vlatrim.families import lerobot_smolvla as _lerobot_smolvla  # noqa: E402, F401  (registers lerobot_smolvla)

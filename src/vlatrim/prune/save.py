@@ -86,6 +86,10 @@ def _model_class(config_json: dict[str, Any]) -> type:
     import transformers
 
     archs = config_json.get("architectures") or []
+    if not archs and isinstance(config_json.get("text_config"), dict):
+        # transformers 4.x Qwen2-VL configs forward attribute writes to their text config, so save_pretrained's
+        # ``architectures`` lands in text_config.
+        archs = config_json["text_config"].get("architectures") or []
     for name in archs:
         cls = getattr(transformers, name, None)
         if cls is not None:
@@ -138,6 +142,29 @@ def _load_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _legacy_keys_to_model_names(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor names as ``model`` names its parameters. transformers 4.x writes some VLMs (LLaVA, PaliGemma)
+    under their original names (``language_model.model.*``) whatever vlatrim asks, and maps them back on
+    load with the class's ``_checkpoint_conversion_mapping``; this applies the same mapping. Names that
+    are already the model's (transformers 5) are left alone."""
+    import re
+
+    mapping = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+    own = set(model.state_dict())
+    if not mapping or set(state) <= own:
+        return state
+    out = {}
+    for key, value in state.items():
+        new = key
+        if key not in own:
+            for pattern, replacement in mapping.items():
+                new, n = re.subn(pattern, replacement, new)
+                if n:
+                    break
+        out[new] = value
+    return out
+
+
 def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callable[[nn.Module], Any] = _locate) -> nn.Module:
     """Load a checkpoint directory, pruned or not: the documented vlatrim loader.
 
@@ -176,7 +203,7 @@ def load_pruned(path: str | Path, model_cls: type | None = None, locate: Callabl
     model = cls(config)
     narrow_to_recorded_widths(model, locate)
     h = locate(model)
-    state = _load_safetensors_dir(path)
+    state = _legacy_keys_to_model_names(model, _load_safetensors_dir(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if k.endswith("weight") and h.lm_head_tied and h.lm_head_path and k.startswith(h.lm_head_path)}
     if unexpected or set(missing) - tied:

@@ -1,0 +1,529 @@
+"""LeRobot SmolVLA policies (``lerobot.policies.smolvla``) as a policy family: ``lerobot_smolvla``.
+
+A LeRobot policy directory holds ``config.json`` (``"type": "smolvla"``, ``input_features``,
+``output_features``, ...), ``model.safetensors`` and its processor pipelines
+(``policy_preprocessor.json`` / ``policy_postprocessor.json`` + normaliser state). vlatrim loads and
+saves it through LeRobot's own classes, so ``SmolVLAPolicy.from_pretrained`` reloads what vlatrim
+writes, processors included. lerobot is imported lazily, inside the methods: vlatrim imports without
+it, and a LeRobot checkpoint is then refused with one line naming ``pip install vlatrim[lerobot]``.
+Other LeRobot policy types (pi0, pi05, act, diffusion, ...) are refused with one line naming the type.
+
+Structure (lerobot 0.4.4, ``SmolVLMWithExpertModel``):
+
+- language: the VLM's text layers ``model.vlm_with_expert.vlm.model.text_model.layers``;
+- vision: ``model.vlm_with_expert.vlm.model.vision_model.encoder.layers``;
+- action: the action expert ``model.vlm_with_expert.lm_expert.layers``. Expert layer ``i`` runs beside
+  VLM layer ``i`` (``get_model_layers`` zips them by index when both have as many layers): at
+  ``i % self_attn_every_n_layers == 0`` the two attend jointly (self-attention over the concatenated
+  sequence), otherwise the expert cross-attends to VLM layer ``i``'s keys and values through its own
+  ``k_proj`` / ``v_proj``, whose input width is the VLM's KV width. Cutting layer ``i`` of one list
+  therefore cuts layer ``i`` of the other (a symmetric coupling), and each kept pair must keep its
+  attention role at its new index.
+
+What vlatrim cuts in a SmolVLA: paired depth (VLM text layer + expert layer). LeRobot rebuilds the VLM
+from ``vlm_model_name``'s config on every load and then keeps its first ``num_vlm_layers`` text
+layers, so depth is the one thing a SmolVLA checkpoint can express: vision-encoder depth, head / KV-head
+counts (the joint attention also hard-codes the VLM's head counts for the expert), MLP widths and the
+vocabulary are refused with a message saying so.
+
+Loss (``loss``): the policy's own flow-matching loss (``SmolVLAPolicy.forward``: MSE between the
+predicted and the true velocity, averaged over batch, chunk steps and the padded action dims). Chunk
+steps past the episode's end are zeroed through the input SmolVLA reads for that, ``actions_id_pad``
+(lerobot 0.4.4's dataset yields ``action_is_pad``, which SmolVLA does not read, so ``lerobot-train``
+does not mask them). Every
+sample of ``dataset`` carries its own noise and time draws, made by a ``torch.Generator`` seeded with
+``(NOISE_SEED, frame row)``: the same sample always gets the same draws, whatever batch it lands in.
+In eval mode (analysis, held-out checks, the tests) the loss uses those fixed draws, so it is a
+deterministic function of the weights; in train mode (recovery) the policy draws fresh noise and time
+itself from torch's RNG (which the trainer seeds), as LeRobot trains.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vlatrim.errors import VlatrimError
+from vlatrim.families.base import LossInfo, NoSamples, PolicyFamily, SampleSet, Split, register_family
+from vlatrim.prune.plan import Coupling
+
+POLICY_TYPE = "smolvla"
+VLM = "model.vlm_with_expert.vlm.model"
+LANGUAGE_PATH = f"{VLM}.text_model.layers"
+VISION_PATH = f"{VLM}.vision_model.encoder.layers"
+EXPERT_PATH = "model.vlm_with_expert.lm_expert.layers"
+NOISE_SEED = 20250607  # base seed of the per-sample noise / time draws (see the module docstring)
+IMAGE_PREFIX, STATE_KEY, ACTION_KEY = "observation.images.", "observation.state", "action"
+TOKENS_KEY, TOKEN_MASK_KEY = "observation.language.tokens", "observation.language.attention_mask"
+# Keys of a dataset batch besides the preprocessed observation.
+TARGET_KEY = "policy.action"  # the normalised action chunk (B, T, A) the loss regresses
+PI_TYPES = ("pi0", "pi05", "pi0fast", "pi0_fast")
+
+
+def lerobot_available() -> bool:
+    """Whether the lerobot package is importable (a directory named ``lerobot`` on sys.path, such as a
+    test folder, is a namespace package without an origin and does not count)."""
+    spec = importlib.util.find_spec("lerobot")
+    return spec is not None and spec.origin is not None
+
+
+def _is_lerobot_config(config: dict[str, Any]) -> bool:
+    # LeRobot's PreTrainedConfig serialises its registered "type" beside the feature tables.
+    return (isinstance(config.get("type"), str) and "model_type" not in config
+            and ("input_features" in config or "output_features" in config))
+
+
+def _check_supported(path: Path, config: dict[str, Any]) -> None:
+    kind = config.get("type")
+    if kind in PI_TYPES:
+        raise VlatrimError(f"{str(path)!r} is a LeRobot {kind} policy, which vlatrim does not support: pi0 / pi0.5 "
+                           "need LeRobot's patched transformers, which is not on PyPI; supported LeRobot type: smolvla")
+    if kind != POLICY_TYPE:
+        raise VlatrimError(f"{str(path)!r} is a LeRobot {kind!r} policy, which vlatrim does not support; supported "
+                           "LeRobot type: smolvla")
+    if not lerobot_available():
+        raise VlatrimError(f"{str(path)!r} is a LeRobot smolvla checkpoint and lerobot is not installed: "
+                           "pip install vlatrim[lerobot]")
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds ``repo_id``'s config.json (a model LeRobot can build offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False
+
+
+def _vlm(model: nn.Module) -> nn.Module:
+    return model.model.vlm_with_expert
+
+
+def _processors(model: nn.Module) -> tuple[Any, Any]:
+    pre, post = getattr(model, "_vlatrim_processors", (None, None))
+    if pre is None:
+        raise VlatrimError("this SmolVLA policy has no LeRobot processors attached; load it with "
+                           "vlatrim.families.load(<policy dir>) or attach_processors(policy, pre, post)")
+    return pre, post
+
+
+def attach_processors(model: nn.Module, pre: Any, post: Any) -> nn.Module:
+    """Keep the policy's LeRobot pre- / post-processor pipelines with it (``save`` writes them)."""
+    object.__setattr__(model, "_vlatrim_processors", (pre, post))  # plain attribute, not a submodule
+    return model
+
+
+def _run_block_hooks(layer: nn.Module, h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+    """Run ``layer``'s forward hooks as if ``layer(h_in)`` had returned ``h_out``; the hooks' result."""
+    out: Any = h_out
+    for hid, hook in list(layer._forward_hooks.items()):
+        res = (hook(layer, (h_in,), {}, out) if layer._forward_hooks_with_kwargs.get(hid)
+               else hook(layer, (h_in,), out))
+        if res is not None:
+            out = res
+    return out if torch.is_tensor(out) else out[0]
+
+
+def bridge_block_hooks(model: nn.Module) -> None:
+    """Make forward hooks on SmolVLA's VLM text layers and expert layers fire.
+
+    ``SmolVLMWithExpertModel.forward`` never calls its decoder layers: it calls their norms, projections
+    and MLPs one by one, so hooks registered on a layer (what vlatrim's scorers use to read, skip or gate
+    a block) would never run. Three small hooks per layer bridge that: the input of ``input_layernorm``
+    is the block input h, the input of ``post_attention_layernorm`` is the mid-block residual r, and
+    LeRobot adds r to the MLP output m to give the block output h' = r + m. When the layer carries
+    forward hooks, the MLP hook runs them on (h, h') and returns ``result - r``, so LeRobot's sum gives the
+    hooks' result (up to one float rounding); when it carries none, nothing changes and the policy
+    computes exactly what LeRobot computes. Idempotent.
+    """
+    w = _vlm(model)
+    for layer in [*w.get_vlm_model().text_model.layers, *w.lm_expert.layers]:
+        if "_vlatrim_state" in layer.__dict__:
+            continue
+        # Plain attributes (not submodules), so a deepcopy of the model gets its own, pointing at its own layers.
+        object.__setattr__(layer, "_vlatrim_state", {})
+        for part in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):
+            object.__setattr__(part, "_vlatrim_block", layer)
+        layer.input_layernorm.register_forward_pre_hook(_grab_block_input)
+        layer.post_attention_layernorm.register_forward_pre_hook(_grab_residual)
+        layer.mlp.register_forward_hook(_block_output_hooks)
+
+
+def _grab_block_input(mod: nn.Module, args: tuple) -> None:
+    mod._vlatrim_block._vlatrim_state["input"] = args[0]
+
+
+def _grab_residual(mod: nn.Module, args: tuple) -> None:
+    mod._vlatrim_block._vlatrim_state["residual"] = args[0]
+
+
+def _block_output_hooks(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+    layer = mod._vlatrim_block
+    state = layer._vlatrim_state
+    h, r = state.pop("input", None), state.pop("residual", None)
+    if not layer._forward_hooks or h is None or r is None:
+        return None
+    return _run_block_hooks(layer, h, r + out) - r
+
+
+def image_keys(model: nn.Module) -> list[str]:
+    return list(model.config.image_features)
+
+
+def cameras(model: nn.Module) -> tuple[str, ...]:
+    return tuple(k.removeprefix(IMAGE_PREFIX) for k in image_keys(model))
+
+
+def _role(i: int, n: int) -> str:
+    return "self" if n <= 0 or i % n == 0 else "cross"
+
+
+def valid_keep_sets(num_layers: int, n: int, limit: int = 6) -> list[list[int]]:
+    """Kept layer sets (smallest cuts first) in which every kept layer keeps its attention role."""
+    from itertools import combinations
+
+    out = []
+    for k in range(num_layers - 1, 0, -1):
+        for keep in combinations(range(num_layers), k):
+            if all(_role(old, n) == _role(new, n) for new, old in enumerate(keep)):
+                out.append(list(keep))
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+class SmolVLASamples(Dataset):
+    """Samples of a LeRobot v3 dataset as SmolVLA batches.
+
+    ``raw_batch(indices)`` is the batch LeRobot's preprocessor expects: each camera by its feature name
+    (float (B, 3, H, W) in [0, 1]), ``observation.state`` (B, S), ``action`` (B, T, A) in environment
+    units, ``action_is_pad`` (B, T) and ``task`` (B texts). ``__getitems__`` runs the policy's own
+    preprocessor on it (newline, tokenize, normalise, device) and adds what the verbs need, all tensors:
+    ``action`` (environment units, for offline action error), ``action_mask`` (B, T) (steps inside the
+    episode), ``policy.action`` (the normalised chunk the loss regresses), ``noise`` (B, T, max_action_dim)
+    and ``time`` (B,) (this sample's fixed flow-matching draws).
+    """
+
+    def __init__(self, model: nn.Module, frames_by_key: dict[str, Any], episodes: list[int]) -> None:
+        from vlatrim.data.frames import ChunkDataset
+
+        cfg = model.config
+        self.keys = list(frames_by_key)
+        first = frames_by_key[self.keys[0]]
+        self.instructions = first.instructions
+        self._tasks = first.task_index
+        no_text = lambda texts: (torch.zeros(len(texts), 1, dtype=torch.long), torch.zeros(len(texts), 1, dtype=torch.long))
+        self.chunks = {k: ChunkDataset(f, episodes, int(cfg.chunk_size), no_text) for k, f in frames_by_key.items()}
+        self.episodes = self.chunks[self.keys[0]].episodes
+        self.pre = _processors(model)[0]
+        self.chunk_size, self.max_action_dim = int(cfg.chunk_size), int(cfg.max_action_dim)
+
+    def __len__(self) -> int:
+        return len(self.chunks[self.keys[0]])
+
+    def _rows(self, indices: list[int]) -> torch.Tensor:
+        """Dataset frame rows of the samples ``indices`` (the seeds of their noise / time draws)."""
+        return self.chunks[self.keys[0]].rows[torch.as_tensor(indices, dtype=torch.long)]
+
+    def raw_batch(self, indices: list[int]) -> dict[str, Any]:
+        b = self.chunks[self.keys[0]].__getitems__(indices)
+        rows = self._rows(indices)
+        out: dict[str, Any] = {}
+        for k, ds in self.chunks.items():
+            img = ds.images[rows]  # (B, H, W, 3) uint8
+            out[k] = img.permute(0, 3, 1, 2).float() / 255.0
+        out[STATE_KEY] = b["state"]
+        out[ACTION_KEY] = b["action"]
+        out["action_is_pad"] = ~b["action_mask"]
+        out["task"] = [self.instructions[int(self._tasks[r])] for r in rows.tolist()]
+        return out
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        raw = self.raw_batch(list(indices))
+        rows = self._rows(list(indices))
+        action = raw[ACTION_KEY].clone()
+        mask = ~raw["action_is_pad"]
+        proc = self.pre(raw)
+        out = {k: v for k, v in proc.items() if torch.is_tensor(v) and k != "action_is_pad"}
+        out[TARGET_KEY] = out.pop(ACTION_KEY)
+        out[ACTION_KEY], out["action_mask"] = action, mask
+        noise, time = [], []
+        for r in rows.tolist():
+            g = torch.Generator().manual_seed(NOISE_SEED * 1_000_003 + int(r))
+            noise.append(torch.randn(self.chunk_size, self.max_action_dim, generator=g))
+            # SmolVLA's own time law: Beta(1.5, 1) scaled into [0.001, 1], drawn by inverse CDF (t = u^(1/1.5)).
+            time.append(torch.rand((), generator=g) ** (1 / 1.5) * 0.999 + 0.001)
+        out["noise"], out["time"] = torch.stack(noise), torch.stack(time)
+        dev = out[TARGET_KEY].device
+        return {k: v.to(dev) for k, v in out.items()}
+
+
+class SmolVLAPolicyRunner:
+    """A closed-loop policy (``vlatrim.sim.policy`` contract) around a SmolVLA and its processors: each
+    ``predict`` runs the preprocessor, ``predict_action_chunk`` and the postprocessor, and returns the
+    first ``n_action_steps`` actions of the chunk (what ``select_action`` would execute)."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+        from vlatrim.sim.policy import PolicyIO
+
+        self.model = model.to(device).eval()
+        self.device = device
+        self.pre, self.post = _processors(model)
+        cfg = model.config
+        sizes = {int(f.shape[-1]) for f in cfg.image_features.values()}
+        state = cfg.robot_state_feature
+        self.n_action_steps = int(cfg.n_action_steps)
+        self.io = PolicyIO(action_dim=int(cfg.action_feature.shape[0]),
+                           state_dim=int(state.shape[0]) if state is not None else None,
+                           cameras=cameras(model), image_size=sizes.pop() if len(sizes) == 1 else None,
+                           chunk_size=self.n_action_steps)
+        self.image_size = self.io.image_size
+        self.chunk_size = self.n_action_steps
+
+    def reset(self, n: int) -> None:
+        self.model.reset()
+
+    @torch.no_grad()
+    def predict(self, obs: dict[str, Any]) -> np.ndarray:
+        batch: dict[str, Any] = {}
+        images = obs.get("images") or {}
+        for cam in self.io.cameras:
+            img = images.get(cam, obs.get("image") if cam == self.io.cameras[0] else None)
+            if img is None:
+                raise VlatrimError(f"SmolVLA policy reads camera {cam!r}; the observation has {sorted(images)}")
+            batch[IMAGE_PREFIX + cam] = torch.as_tensor(np.asarray(img)).permute(0, 3, 1, 2).float() / 255.0
+        if self.io.state_dim is not None:
+            batch[STATE_KEY] = torch.as_tensor(np.asarray(obs["state"]), dtype=torch.float32)
+        batch["task"] = list(obs["instruction"])
+        self.model.reset()  # every call predicts a fresh chunk (the evaluator runs it open-loop)
+        chunk = self.model.predict_action_chunk(self.pre(batch))  # (B, T, A) normalised
+        actions = self.post(chunk)  # environment units, on the CPU
+        return actions[:, : self.n_action_steps].float().numpy()
+
+
+@register_family
+class LeRobotSmolVLAFamily(PolicyFamily):
+    """LeRobot SmolVLA checkpoints (``config.json`` with ``"type": "smolvla"``), through LeRobot's classes."""
+
+    name = "lerobot_smolvla"
+    description = "a LeRobot SmolVLA policy (SmolVLM + flow-matching action expert)"
+    recovery_methods = ("full", "lora")
+
+    # ------------------------------------------------------------------ checkpoints
+    def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
+        # Every LeRobot policy directory is answered here, so that other types get a message naming them.
+        return _is_lerobot_config(config)
+
+    def owns(self, model: nn.Module) -> bool:
+        if not lerobot_available():
+            return False
+        cls = type(model)
+        return cls.__name__ == "SmolVLAPolicy" and cls.__module__.startswith("lerobot.")
+
+    def load(self, path: Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> nn.Module:
+        from vlatrim.families.base import read_config
+
+        _check_supported(path, read_config(path))
+        from lerobot.policies.factory import make_pre_post_processors
+        from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+        vlm = read_config(path).get("vlm_model_name")
+        if isinstance(vlm, str) and not Path(vlm).is_dir() and not _in_hf_cache(vlm):
+            raise VlatrimError(f"{str(path)!r}: SmolVLA builds its VLM from vlm_model_name {vlm!r}, which is neither a "
+                               "local directory nor in the Hugging Face cache, and vlatrim downloads nothing; download it "
+                               "once (hf download <name>) or point vlm_model_name at a local copy")
+        try:
+            policy = SmolVLAPolicy.from_pretrained(str(path), strict=True)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise VlatrimError(f"LeRobot could not load the SmolVLA policy {str(path)!r}: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
+        attach_processors(policy, pre, post)
+        bridge_block_hooks(policy)
+        return policy.to(device).eval()
+
+    def save(self, model: nn.Module, out: Path) -> None:
+        model.save_pretrained(out)  # LeRobot's: config.json + model.safetensors
+        pre, post = _processors(model)
+        pre.save_pretrained(out)
+        post.save_pretrained(out)
+
+    # ------------------------------------------------------------------ loss and data
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        b = {k: v for k, v in batch.items() if k not in ("noise", "time", TARGET_KEY, ACTION_KEY, "action_mask",
+                                                           "loss_denominator")}
+        b[ACTION_KEY] = batch[TARGET_KEY]
+        b["actions_id_pad"] = ~batch["action_mask"].bool()  # the key SmolVLAPolicy.forward reads for padding
+        fixed = not model.training
+        loss, _ = model(b, noise=batch["noise"] if fixed else None, time=batch["time"] if fixed else None)
+        return {"loss": loss}
+
+    def loss_info(self, model: nn.Module) -> LossInfo:
+        cfg = model.config
+        return LossInfo("mse", int(cfg.chunk_size) * int(cfg.max_action_dim), "flow-matching mse")
+
+    def _check_features(self, model: nn.Module, data: Path) -> None:
+        from vlatrim.data.lerobot import LeRobotDataset
+
+        feats = LeRobotDataset(data).features
+        cfg = model.config
+        problems = []
+        for key in image_keys(model):
+            if key not in feats:
+                have = sorted(k for k in feats if k.startswith(IMAGE_PREFIX))
+                problems.append(f"the policy reads {key}, the dataset has {', '.join(have) or 'no camera'}")
+        for key, feat in ((STATE_KEY, cfg.robot_state_feature), (ACTION_KEY, cfg.action_feature)):
+            if feat is None:
+                continue
+            want = int(feat.shape[0])
+            got = feats.get(key, {}).get("shape")
+            if got is None:
+                problems.append(f"the policy needs {key} ({want} dims), the dataset has none")
+            elif int(got[0]) != want:
+                problems.append(f"{key} has {int(got[0])} dims in the dataset, the policy takes {want}")
+        if problems:
+            raise VlatrimError(f"dataset {str(data)!r} does not fit the SmolVLA policy: " + "; ".join(problems))
+
+    def dataset(self, model: nn.Module, data: Path, split: Split = "train", val_fraction: float = 0.1) -> SampleSet:
+        from vlatrim.data.frames import read_demo_frames, split_episodes
+
+        self._check_features(model, data)
+        frames = {k: read_demo_frames(data, image_key=k) for k in image_keys(model)}
+        first = next(iter(frames.values()))
+        train_eps, val_eps = split_episodes(first, val_fraction)
+        episodes = {"train": train_eps, "held_out": val_eps, "all": train_eps + val_eps}[split]
+        samples = SmolVLASamples(model, frames, episodes) if episodes else NoSamples()
+        return SampleSet(samples, sorted(set(first.instructions.values())),
+                         {"dataset": str(data), "split": split, "num_episodes": len(episodes),
+                          "frames": int(len(first.images))},
+                         {"train_episodes": train_eps, "held_out_episodes": val_eps})
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Action chunks (B, T, A) in environment units from a ``dataset`` batch (its fixed noise)."""
+        _, post = _processors(model)
+        obs = {k: v for k, v in batch.items() if k.startswith("observation.")}
+        noise = batch["noise"].to(next(model.parameters()).device)
+        model.reset()
+        chunk = model.predict_action_chunk(obs, noise=noise)  # (B, T, A) normalised
+        return post(chunk).float().cpu()
+
+    def example_batch(self, model: nn.Module, batch_size: int, generator: torch.Generator,
+                      instruction: str) -> dict[str, Any] | None:
+        pre, _ = _processors(model)
+        raw: dict[str, Any] = {}
+        for key, feat in model.config.image_features.items():
+            raw[key] = torch.rand(batch_size, *feat.shape, generator=generator)
+        if model.config.robot_state_feature is not None:
+            raw[STATE_KEY] = torch.randn(batch_size, *model.config.robot_state_feature.shape, generator=generator)
+        raw["task"] = [instruction] * batch_size
+        obs = {k: v for k, v in pre(raw).items() if torch.is_tensor(v)}
+        obs["noise"] = torch.randn(batch_size, model.config.chunk_size, model.config.max_action_dim, generator=generator)
+        return obs
+
+    def sequence_info(self, model: nn.Module) -> dict[str, Any]:
+        cfg = model.config
+        vcfg = _vlm(model).config
+        per_image = int(getattr(vcfg, "image_seq_len", 0) or 0) + (2 if cfg.add_image_special_tokens else 0)
+        return {"image_tokens": per_image * (len(cfg.image_features) + int(cfg.empty_cameras)),
+                "state_tokens": 1, "text_tokens": int(cfg.tokenizer_max_length),
+                "action_queries": int(cfg.chunk_size), "chunk_size": int(cfg.n_action_steps)}
+
+    def policy(self, model: nn.Module, device: str | torch.device = "cpu") -> Any:
+        return SmolVLAPolicyRunner(model, device)
+
+    # ------------------------------------------------------------------ structure
+    def handle(self, model: nn.Module, blocks_path: str | None = None) -> Any:
+        from vlatrim.models.adapters import locate_backbone
+
+        return locate_backbone(model, blocks_path or LANGUAGE_PATH)
+
+    def couplings(self, model: nn.Module, handle: Any) -> list[Coupling]:
+        w = _vlm(model)
+        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
+        step = nv // ne if ne else 0
+        # LeRobot's get_model_layers: VLM layer i runs with expert layer i // step when i % step == 0.
+        pairs = tuple((i, i // step) for i in range(nv) if step > 0 and i % step == 0 and i // step < ne)
+        return [Coupling(LANGUAGE_PATH, EXPERT_PATH, pairs,
+                         reason="SmolVLA's expert layer i attends with VLM layer i (joint self-attention, or "
+                                "cross-attention to its keys and values)")]
+
+    def check_cut(self, model: nn.Module, handle: Any, drops: dict[str, list[int]]) -> None:
+        if not any(drops.values()):
+            return
+        w = _vlm(model)
+        if drops.get(VISION_PATH):
+            raise VlatrimError("SmolVLA: the vision encoder cannot be cut; LeRobot rebuilds it from vlm_model_name's "
+                               "config on every load, which has no field for its depth (cut language / action pairs)")
+        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
+        if nv != ne:
+            raise VlatrimError(f"SmolVLA with num_expert_layers {ne} != num_vlm_layers {nv}: vlatrim cuts only policies "
+                               "whose expert pairs one-to-one with the VLM layers")
+        lang, expert = drops.get(LANGUAGE_PATH, []), drops.get(EXPERT_PATH, [])
+        if lang != expert:  # the coupling makes them equal; anything else is a bug upstream
+            raise VlatrimError(f"SmolVLA cuts VLM and expert layers in pairs; got VLM {lang}, expert {expert}")
+        n = int(w.self_attn_every_n_layers) if "cross" in w.attention_mode else 0
+        keep = [i for i in range(nv) if i not in set(lang)]
+        broken = [(old, new) for new, old in enumerate(keep) if _role(old, n) != _role(new, n)]
+        if broken:
+            old, new = broken[0]
+            valid = "; ".join(str(k) for k in valid_keep_sets(nv, n))
+            raise VlatrimError(
+                f"SmolVLA: keeping layers {keep} moves layer {old} ({_role(old, n)}-attention) to index {new}, where "
+                f"self_attn_every_n_layers={n} puts {_role(new, n)}-attention; keep sets whose layers keep their role, "
+                f"e.g. {valid}")
+
+    def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None:
+        w = _vlm(model)
+        self._refuse_widths(model)
+        if VISION_PATH in kept:  # check_cut refuses this; a direct caller of apply_plan gets the same answer
+            raise VlatrimError("SmolVLA: the vision encoder cannot be cut (LeRobot rebuilds it from vlm_model_name)")
+        text = w.get_vlm_model().text_model
+        nv, ne = len(text.layers), len(w.lm_expert.layers)
+        cfg = model.config
+        cfg.num_vlm_layers = nv
+        if cfg.num_expert_layers > 0:
+            cfg.num_expert_layers = ne
+        w.num_vlm_layers, w.num_expert_layers = nv, ne
+        w.config.text_config.num_hidden_layers = nv
+        text.config.num_hidden_layers = nv
+        w.lm_expert.config.num_hidden_layers = ne
+
+    def _refuse_widths(self, model: nn.Module) -> None:
+        """LeRobot builds the VLM from vlm_model_name's config: refuse any width or vocabulary the cut changed."""
+        from transformers import AutoConfig
+
+        w = _vlm(model)
+        tc = AutoConfig.from_pretrained(model.config.vlm_model_name).text_config
+        head_dim = int(tc.head_dim)
+        want = {"q_proj": tc.num_attention_heads * head_dim, "k_proj": tc.num_key_value_heads * head_dim,
+                "v_proj": tc.num_key_value_heads * head_dim, "up_proj": tc.intermediate_size}
+        text = w.get_vlm_model().text_model
+        for i, layer in enumerate(text.layers):
+            got = {"q_proj": layer.self_attn.q_proj.out_features, "k_proj": layer.self_attn.k_proj.out_features,
+                   "v_proj": layer.self_attn.v_proj.out_features, "up_proj": layer.mlp.up_proj.out_features}
+            if got != want:
+                raise VlatrimError(
+                    "SmolVLA: only paired depth cuts (--drop-blocks) are supported; head, KV-head and MLP-width cuts "
+                    f"are refused (layer {i} would have {got}; LeRobot rebuilds {want} from vlm_model_name's config, the "
+                    "joint attention uses the VLM's head counts for the expert too, and the expert's cross-attention "
+                    "k_proj / v_proj take the VLM's KV width)")
+        if text.get_input_embeddings().num_embeddings != tc.vocab_size:
+            raise VlatrimError("SmolVLA: vocabulary cuts are refused (LeRobot rebuilds the embedding from "
+                               "vlm_model_name's config and its tokenizer)")
+
+    # ------------------------------------------------------------------ recovery
+    def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
+        # Adapters on the VLM's text layers (the cut backbone); what LeRobot trains by default (the expert and
+        # the action / time / state projections) trains in full beside them.
+        return (f"{VLM}.text_model",
+                ("model.vlm_with_expert.lm_expert", "model.action_in_proj", "model.action_out_proj",
+                 "model.action_time_mlp_in", "model.action_time_mlp_out", "model.state_proj"))
