@@ -47,8 +47,8 @@ bench: $(STAMP)
 # LeRobot SmolVLA checkpoints (the lerobot_smolvla policy family) in a separate Python 3.11 venv.
 # lerobot 0.4.4 is the last release for Python 3.11; it pins torch < 2.11 and transformers < 5, but
 # its SmolVLA runs on the torch 2.14.1 / torchvision 0.29.1 wheels that lie on this machine, so
-# lerobot goes in with --no-deps and the few packages SmolVLA needs are named explicitly
-# (docs: /work/shared/REFERENCE.md, "LeRobot SmolVLA offline"). Nothing is fetched from a model hub.
+# lerobot goes in with --no-deps and the few packages SmolVLA needs are named explicitly (docs/lerobot.md).
+# Nothing is fetched from a model hub.
 LEROBOT_PYTHON ?= python3.11
 LEROBOT_VENV ?= .venv-lerobot
 LPY := $(LEROBOT_VENV)/bin/python
