@@ -117,3 +117,28 @@ def test_per_block_widths_reload_in_the_vla(tmp_path: Path) -> None:
     img, st = _obs()
     torch.testing.assert_close(load_pruned(out).predict_action(img, st, TASKS), pruned.predict_action(img, st, TASKS),
                                rtol=0, atol=0)
+
+
+def test_a_vit_vision_cut_keeps_the_config_true_and_reloads_exactly(tmp_path: Path) -> None:
+    """`--pathway vision` on a reference VLA with the ViT encoder: vit_depth follows the cut."""
+    torch.manual_seed(0)
+    vla = reference.ReferenceVLA.from_backbone(
+        reference.VLAConfig(image_size=16, chunk_size=2, vision_encoder="vit", vit_patch_size=8, vit_dim=16,
+                            vit_depth=3, vit_heads=2, max_text_tokens=8), "tiny-llama")
+    vla.save_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(tmp_path / "src"), "--out", str(out), "--pathway", "vision",
+                 "--drop-blocks", "1"]) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["kept_by_path"]["vision.encoder.layers"] == [0, 2]
+    assert json.loads((out / "config.json").read_text())["vit_depth"] == 2
+    pruned = load_pruned(out)
+    assert len(pruned.vision.encoder.layers) == 2
+    # The same cut in memory: drop ViT block 1 by hand.
+    del vla.vision.encoder.layers[1]
+    vla.vision.encoder.num_layers = 2
+    g = torch.Generator().manual_seed(1)
+    img = torch.randint(0, 256, (2, 16, 16, 3), generator=g, dtype=torch.uint8)
+    st = torch.randn(2, 4, generator=g)
+    torch.testing.assert_close(pruned.predict_action(img, st, TASKS[:2]), vla.predict_action(img, st, TASKS[:2]),
+                               rtol=0, atol=0)

@@ -13,6 +13,8 @@ from vlatrim.errors import VlatrimError
 from vlatrim.families.base import LossInfo, NoSamples, PolicyFamily, SampleSet, Split, register_family
 from vlatrim.models.reference.config import MODEL_TYPE
 
+VIT_LAYERS = "vision.encoder.layers"  # the ViT encoder's blocks (vision pathway)
+
 
 @register_family
 class ReferenceFamily(PolicyFamily):
@@ -113,6 +115,12 @@ class ReferenceFamily(PolicyFamily):
         from vlatrim.models.reference.policy import ReferenceVLAPolicy
 
         return ReferenceVLAPolicy(model, device=device)
+
+    def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None:
+        # The ViT encoder's depth is a VLAConfig field (the conv encoder has no block list to cut).
+        if VIT_LAYERS in kept:
+            model.config.vit_depth = len(kept[VIT_LAYERS])
+            model.vision.encoder.num_layers = len(kept[VIT_LAYERS])
 
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         # Adapters on the language backbone; the small head and the action queries train in full.
