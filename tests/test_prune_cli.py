@@ -321,3 +321,25 @@ def test_existing_output_dir_is_refused(llama_dir: Path, tmp_path: Path, capsys)
     assert _prune("--model", str(llama_dir), "--out", str(out), "--drop-blocks", "1") == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("name", ["llava", "paligemma", "qwen2_vl", "idefics3"])
+def test_vlm_vision_tower_cut_reloads_exactly(tmp_path, name):
+    """`--pathway vision` on a VLM: the vision config's depth follows the cut and the checkpoint
+    reloads with the class's own from_pretrained, tensor for tensor."""
+    from vlatrim.families import family_of
+    from vlatrim.models.adapters.tiny import TINY_MODELS
+    from vlatrim.prune import PrunePlan, apply_plan
+
+    TINY_MODELS.get(name)().save_pretrained(tmp_path / "src")
+    fam = family_of(tmp_path / "src")
+    model = fam.load(tmp_path / "src")
+    (vision,) = fam.handle(model).vision
+    n = len(vision)
+    assert main(["prune", "--model", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--pathway", "vision",
+                 "--drop-blocks", "0"]) == 0
+    reloaded = fam.load(tmp_path / "out")
+    assert [len(bl) for bl in fam.handle(reloaded).vision] == [n - 1]
+    cut = apply_plan(model, PrunePlan(pathway_drops={vision.path: [0]})).model
+    want, got = cut.state_dict(), reloaded.state_dict()
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
