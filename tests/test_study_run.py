@@ -159,3 +159,52 @@ def test_config_block_counts_and_presets() -> None:
     assert demo.ratios == (0.5,) and demo.tasks == ("drawer-close-v3",) and demo.image_size <= 96
     with pytest.raises(VlatrimError, match="unknown recovery method|not valid"):
         StudyConfig(methods=("prune-harder",))
+
+
+def test_budget_axis_runs_every_variant_and_the_control_at_each_budget(dataset, tmp_path) -> None:
+    out = tmp_path / "b"
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset),
+                 "--recover-budgets", "0.2,0.1"]) == 0
+    s = json.loads((out / "study.json").read_text())
+    rows = {r["name"]: r for r in s["variants"]}
+    # tiny preset: the base trains 20 steps, so budgets 0.1 and 0.2 are 2 and 4 recovery steps.
+    assert {n: (r["budget_fraction"], r["recover_steps"]) for n, r in rows.items() if "recover" in r} == {
+        "control-full-b0.1": (0.1, 2), "control-full-b0.2": (0.2, 4),
+        "drop_one-drop1-full-b0.1": (0.1, 2), "drop_one-drop1-full-b0.2": (0.2, 4)}
+    (curve,) = s["budget_curves"]
+    assert (curve["scorer"], curve["removed"], curve["method"]) == ("drop_one", 1, "full")
+    # Budget 0: the base itself, and the pruned model as cut.
+    assert [p["fraction"] for p in curve["control"]] == [p["fraction"] for p in curve["points"]] == [0.0, 0.1, 0.2]
+    assert curve["control"][0]["offline_l1"] == rows["base"]["offline_l1"]
+    assert curve["points"][0]["offline_l1"] == rows["drop_one-drop1"]["offline_l1"]
+    # A pruned step costs fewer FLOPs: 3 forwards per sample x samples, with the pruned model's forward.
+    for p, c in zip(curve["points"][1:], curve["control"][1:]):
+        assert 0 < p["train_flops"] < c["train_flops"]
+        assert p["train_flops"] == 3 * rows["drop_one-drop1"]["flops_full"] * p["steps"] * 8  # tiny: batch 8
+    # Where the pruned model meets the control, recomputed from the points (held-out L1: lower is better).
+    step = next((p["fraction"] for p in curve["points"]
+                 if p["offline_l1"] <= next(c for c in curve["control"] if c["fraction"] == p["fraction"])["offline_l1"]),
+                None)
+    assert curve["meets_control_step_matched_at"] == step
+    assert "quality_vs_budget.png" in s["plots"] and (out / "quality_vs_budget.png").is_file()
+    assert "<h2>Recovery budget</h2>" in (out / "report.html").read_text()
+
+
+def test_budget_curves_step_and_flop_matched() -> None:
+    from vlatrim.study.results import budget_curves
+
+    def row(kind, frac, success, flops, removed=0):
+        return {"name": f"{kind}{frac}", "kind": kind, "method": None if kind == "base" else "full",
+                "scorer": "drop_one" if kind in ("recovered", "dropped") else None, "removed": removed, "budget_fraction": frac,
+                "recover_steps": int((frac or 0) * 100), "success_rate": success, "success_wilson95": None,
+                "offline_l1": None, "train_flops": flops}
+
+    rows = [row("base", None, 0.6, None), row("control", 0.1, 0.7, 30.0), row("control", 0.5, 0.9, 150.0),
+            row("control", 1.0, 0.95, 300.0), row("recovered", 0.1, 0.5, 10.0, 4), row("recovered", 0.5, 0.8, 50.0, 4),
+            row("recovered", 1.0, 0.95, 100.0, 4), row("dropped", None, 0.2, None, 4)]
+    (c,) = budget_curves(rows)
+    assert [p["fraction"] for p in c["points"]] == [0.0, 0.1, 0.5, 1.0]  # budget 0: the pruned model as cut (0.2)
+    # Same steps: 0.5 < 0.7, 0.8 < 0.9, 0.95 >= 0.95 -> meets at budget 1.0.
+    assert c["meets_control_step_matched_at"] == 1.0
+    # Same FLOPs: at 10 the control affords only budget 0 (the base, 0.6 > 0.5); at 50 budget 0.1 (0.7 <= 0.8).
+    assert c["meets_control_flop_matched_at"] == 0.5

@@ -51,6 +51,10 @@ class StudyCommand:
     """Optimizer steps of the base model. Default: the preset's."""
     recover_steps: int | None = None
     """Optimizer steps of each recovery run (and of the unpruned control). Default: the preset's."""
+    recover_budgets: tuple[str, ...] | None = None
+    """Recovery budgets as fractions of the base's training steps, comma-separated (e.g. 0.1,0.2,0.5,1.0):
+    every pruned variant and the unpruned control are fine-tuned at each, and the report plots quality
+    against budget, step-matched and FLOP-matched. Default: the preset's (one budget of --recover-steps)."""
     eval_episodes: int | None = None
     """Closed-loop episodes per task. Default: the preset's."""
     closed_loop: bool | None = None
@@ -69,6 +73,7 @@ class StudyCommand:
             tasks=_items(self.tasks), ratios=_floats(self.ratios, "--ratios"), scorers=_items(self.scorer),
             methods=_items(self.methods),
             episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
+            recover_budgets=_floats(self.recover_budgets, "--recover-budgets"),
             eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
         study = run_study(cfg, self.out, data=self.data, resume=self.resume)
         print(summary_table(study))

@@ -50,6 +50,10 @@ class StudyConfig:
     """Recovery fine-tuning methods (``vlatrim recover``): full, lora, distill."""
     recover_steps: int = 100
     """Optimizer steps of each recovery run; the unpruned control gets the same budget."""
+    recover_budgets: tuple[float, ...] = ()
+    """Recovery budgets as fractions of the base's ``train_steps`` (e.g. 0.1, 0.2, 0.5, 1.0): every pruned
+    variant and the unpruned control are fine-tuned at each, so success can be read against budget.
+    Empty: one budget of ``recover_steps``."""
     recover_lr: float | None = None
     """Peak learning rate of recovery; None: recovery's default."""
     eval_episodes: int = 10
@@ -77,6 +81,11 @@ class StudyConfig:
         self.tasks = tuple(parse_tasks(list(self.tasks)))
         self.ratios = tuple(float(r) for r in self.ratios)
         self.scorers, self.analysis_scorers, self.methods = tuple(self.scorers), tuple(self.analysis_scorers), tuple(self.methods)
+        self.recover_budgets = tuple(sorted({float(b) for b in self.recover_budgets}))
+        for b in self.recover_budgets:
+            if not 0.0 < b <= 10.0:
+                raise VlatrimError(f"recovery budget {b!r} is not valid; a fraction of the base's training steps must be "
+                                   "in (0, 10]")
         for name in ("episodes_per_task", "image_size", "train_steps", "batch_size", "analysis_batches",
                      "analysis_batch_size", "recover_steps", "eval_episodes", "eval_max_steps", "eval_workers",
                      "bench_repeats", "bench_batch_size"):
@@ -110,6 +119,13 @@ class StudyConfig:
         if num_blocks < 2:
             raise VlatrimError(f"the base model has {num_blocks} backbone block(s); a sweep needs at least 2")
         return sorted({min(max(int(round(r * num_blocks)), 1), num_blocks - 1) for r in self.ratios})
+
+    def recovery_budgets(self) -> list[tuple[str, float | None, int]]:
+        """(name suffix, fraction of ``train_steps`` or None, optimizer steps) of each recovery budget.
+        Without ``recover_budgets``: one budget of ``recover_steps`` and no suffix (names as before)."""
+        if not self.recover_budgets:
+            return [("", None, self.recover_steps)]
+        return [(f"-b{b:g}", b, max(1, int(round(b * self.train_steps)))) for b in self.recover_budgets]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -15,6 +15,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 def _quality(study: dict[str, Any], out: Path, metric: str, label: str, fname: str) -> str | None:
     rows = [r for r in study["variants"] if r.get(metric) is not None]
+    # With several recovery budgets, this figure shows the largest (the budget figure shows them all).
+    fracs = [r["budget_fraction"] for r in rows if r.get("budget_fraction") is not None]
+    if fracs:
+        rows = [r for r in rows if r["kind"] in ("base", "dropped") or r.get("budget_fraction") == max(fracs)]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -101,10 +105,52 @@ def _scorers(study: dict[str, Any], out: Path) -> str | None:
     return "scorers.png"
 
 
+def _budgets(study: dict[str, Any], out: Path) -> str | None:
+    """Quality against recovery budget (fraction of the base's training steps): one line per pruned
+    variant and method, the unpruned control dashed (budget 0 = the base model), 95% Wilson intervals."""
+    curves = study.get("budget_curves") or []
+    if not curves:
+        return None
+    use_success = any(p["success_rate"] is not None for c in curves for p in c["points"])
+    key = "success_rate" if use_success else "offline_l1"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn_controls = set()
+
+    def draw(points: list[dict[str, Any]], label: str, color: str, ls: str, marker: str) -> None:
+        pts = [p for p in points if p[key] is not None]
+        if not pts:
+            return
+        x, y = [p["fraction"] for p in pts], [p[key] for p in pts]
+        if use_success and all(p.get("wilson95") for p in pts):
+            err = [[yy - p["wilson95"][0] for yy, p in zip(y, pts)], [p["wilson95"][1] - yy for yy, p in zip(y, pts)]]
+            ax.errorbar(x, y, yerr=err, color=color, ls=ls, marker=marker, capsize=3, label=label)
+        else:
+            ax.plot(x, y, color=color, ls=ls, marker=marker, label=label)
+
+    for i, c in enumerate(curves):
+        if c["method"] not in drawn_controls:
+            drawn_controls.add(c["method"])
+            draw(c["control"], f"unpruned + {c['method']} (control)", "black", "--", "o")
+        blocks = f"{c['removed']} block{'s' if c['removed'] != 1 else ''}"
+        draw(c["points"], f"{blocks} removed ({c['scorer']}), {c['method']}", colors[i % len(colors)], "-", "s")
+    if use_success:
+        ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("recovery budget (fraction of the base's training steps)")
+    ax.set_ylabel("closed-loop success rate" if use_success else "held-out action L1 (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("quality vs recovery budget")
+    fig.tight_layout()
+    fig.savefig(out / "quality_vs_budget.png", dpi=110)
+    plt.close(fig)
+    return "quality_vs_budget.png"
+
+
 def write_plots(study: dict[str, Any], out: str | Path) -> list[str]:
     """Write the study's PNGs into ``out``; returns their file names (figures without data are skipped)."""
     out = Path(out)
     made = [_quality(study, out, "success_rate", "closed-loop success rate", "success_vs_blocks.png"),
             _quality(study, out, "offline_l1", "held-out action L1 (lower is better)", "offline_l1_vs_blocks.png"),
-            _efficiency(study, out), _scorers(study, out)]
+            _efficiency(study, out), _scorers(study, out), _budgets(study, out)]
     return [m for m in made if m]

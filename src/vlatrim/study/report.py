@@ -39,6 +39,20 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _rate(p: dict[str, Any] | None) -> str:
+    """A point's quality: success with its 95% interval, or the held-out L1."""
+    if p is None:
+        return "&ndash;"
+    if p.get("success_rate") is not None:
+        w = p.get("wilson95")
+        return f"{p['success_rate']:.2f}" + (f" [{w[0]:.2f}, {w[1]:.2f}]" if w else "")
+    return f"L1 {p['offline_l1']:.4f}" if p.get("offline_l1") is not None else "&ndash;"
+
+
+def _frac(f: float | None) -> str:
+    return "not within the budgets run" if f is None else f"budget {f:g}"
+
+
 def render(study: dict[str, Any], out: Path) -> str:
     """The HTML text of the report for ``study`` (PNG files are read from ``out``)."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>vlatrim study</title><style>",
@@ -58,7 +72,20 @@ def render(study: dict[str, Any], out: Path) -> str:
     parts.append("<h2>Variants</h2>")
     rows = [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in study["variants"]]
     parts.append(_table([h for _, h in COLUMNS], rows))
-    parts.append("<h2>Block scorers on the base model</h2>")
+    if study.get("budget_curves"):
+        parts.append("<h2>Recovery budget</h2>")
+        brows = []
+        for c in study["budget_curves"]:
+            for p in c["points"]:
+                ctrl = next((q for q in c["control"] if q["fraction"] == p["fraction"]), None)
+                brows.append([html.escape(f"{c['removed']} removed ({c['scorer']})"), html.escape(c["method"]),
+                              f"{p['fraction']:g}", str(p["steps"]), _rate(p), _rate(ctrl) if ctrl else "&ndash;",
+                              f"{p['train_flops']:.3g}", f"{ctrl['train_flops']:.3g}" if ctrl else "&ndash;"])
+            brows.append([html.escape(f"{c['removed']} removed ({c['scorer']})"), html.escape(c["method"]),
+                          "meets the control at", "", _frac(c["meets_control_step_matched_at"]) + " (same steps)",
+                          "", _frac(c["meets_control_flop_matched_at"]) + " (same FLOPs)", ""])
+        parts.append(_table(["variant", "method", "budget", "steps", "pruned", "unpruned control",
+                             "pruned train FLOPs", "control train FLOPs"], brows))
     sc = study["analysis"]["scorers"]
     n = study["base"]["num_blocks"]
     srows = [[html.escape(name)] + [f"{x:.4g}" for x in (s.get("per_block") or [])] +

@@ -49,8 +49,16 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
                     "success_rate": closed.get("success_rate") if closed else None,
                     "success_per_task": closed.get("per_task") if closed else None,
                     **_bench_row(b), "bench_of": v.get("bench_of", v["name"])})
+        row["success_wilson95"] = closed.get("wilson95_pooled") if closed else None
         if "recover" in v:
             row["recover"] = v["recover"]
+            row["budget_fraction"] = v.get("budget_fraction")
+            row["recover_steps"] = v["recover"].get("steps")
+            samples = (v["recover"].get("budget") or {}).get("samples")
+            flops = row.get("flops_full")
+            # Training compute of the recovery run, approximated as forward + backward = 3 forwards per
+            # sample (full fine-tuning; LoRA's backward is cheaper, so this overstates LoRA's cost).
+            row["train_flops"] = (3 * flops / cfg.bench_batch_size * samples) if flops and samples else None
         rows.append(row)
     if closed_reason and not any(r["success_rate"] is not None for r in rows):
         unavailable.setdefault("closed_loop_eval", closed_reason)
@@ -66,6 +74,7 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
                      "ratios within this run rather than absolute milliseconds across machines.")
     notes.append("Recovered variants keep their pruned model's architecture; their efficiency columns are those of "
                  "the pruned model they came from (bench_of).")
+    curves = budget_curves(rows) if cfg.recover_budgets else []
     return {
         "schema_version": schema,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -75,8 +84,61 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
         "base": {"num_blocks": analysis["num_blocks"], "blocks_path": analysis["blocks_path"]},
         "analysis": {"path": "analysis/analysis.json", "scorers": analysis["scorers"]},
         "variants": rows,
+        **({"budget_curves": curves} if curves else {}),
         "bench": {"path": "bench/bench.json", "notes": bench.get("notes", [])},
         "stages": {n: {"status": log.status[n], "seconds": log.seconds[n]} for n in log.status},
         "unavailable": unavailable,
         "notes": notes,
     }
+
+
+def _point(r: dict[str, Any]) -> dict[str, Any]:
+    return {"fraction": r.get("budget_fraction") or 0.0, "steps": r.get("recover_steps") or 0,
+            "success_rate": r.get("success_rate"), "wilson95": r.get("success_wilson95"),
+            "offline_l1": r.get("offline_l1"), "train_flops": r.get("train_flops") or 0.0}
+
+
+def _at_least(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
+    """Whether point ``a`` is at least as good as ``b``: success when both have it, else held-out L1."""
+    if a["success_rate"] is not None and b["success_rate"] is not None:
+        return a["success_rate"] >= b["success_rate"]
+    if a["offline_l1"] is not None and b["offline_l1"] is not None:
+        return a["offline_l1"] <= b["offline_l1"]
+    return None
+
+
+def budget_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Quality against recovery budget, one curve per (scorer, blocks removed, method), beside the
+    unpruned control's curve for the same method. Budget 0 is the model before any fine-tuning: the
+    pruned model as cut, and the base model itself.
+
+    Each curve says where the pruned model first meets the control: step-matched (the control at the
+    same budget) and FLOP-matched (the control at the largest budget whose training FLOPs do not
+    exceed the pruned run's: a pruned step is cheaper, so at equal compute the control gets fewer steps).
+    """
+    base = next((r for r in rows if r["kind"] == "base"), None)
+    out = []
+    for method in sorted({r["method"] for r in rows if r["kind"] in ("control", "recovered")}):
+        control = sorted((_point(r) for r in rows if r["kind"] == "control" and r["method"] == method),
+                         key=lambda p: p["fraction"])
+        if base is not None:
+            control = [{**_point(base), "fraction": 0.0, "steps": 0, "train_flops": 0.0}] + control
+        keys = sorted({(r["scorer"], r["removed"]) for r in rows if r["kind"] == "recovered" and r["method"] == method})
+        for scorer, removed in keys:
+            pts = sorted((_point(r) for r in rows if r["kind"] == "recovered" and r["method"] == method
+                          and r["scorer"] == scorer and r["removed"] == removed), key=lambda p: p["fraction"])
+            dropped = next((r for r in rows if r["kind"] == "dropped" and r["scorer"] == scorer
+                            and r["removed"] == removed), None)
+            if dropped is not None:  # budget 0: the pruned model before any recovery
+                pts = [{**_point(dropped), "fraction": 0.0, "steps": 0, "train_flops": 0.0}] + pts
+            step_meet = flop_meet = None
+            for p in pts:
+                same = next((c for c in control if c["fraction"] == p["fraction"]), None)
+                if step_meet is None and same is not None and _at_least(p, same):
+                    step_meet = p["fraction"]
+                affordable = [c for c in control if c["train_flops"] <= p["train_flops"]]
+                if flop_meet is None and affordable and _at_least(p, affordable[-1]):
+                    flop_meet = p["fraction"]
+            out.append({"scorer": scorer, "removed": removed, "method": method, "points": pts, "control": control,
+                        "meets_control_step_matched_at": step_meet, "meets_control_flop_matched_at": flop_meet})
+    return out

@@ -172,13 +172,13 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     def eval_stage(name: str, model_dir: Path) -> dict[str, Any]:
         return run_stage(out, name, lambda d: evaluator(model_dir, d), slog)
 
-    def recover_stage(name: str, model_dir: Path, method: str) -> dict[str, Any] | None:
+    def recover_stage(name: str, model_dir: Path, method: str, steps: int) -> dict[str, Any] | None:
         nonlocal recover_ok
         if not recover_ok:
             return None
 
         def fn(d: Path) -> dict[str, Any]:
-            rec = backends.recover(model_dir, dataset, d, method=method, steps=cfg.recover_steps,
+            rec = backends.recover(model_dir, dataset, d, method=method, steps=steps,
                                    batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
                                    teacher=base, val_fraction=base_sum["val_fraction"])
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the model is in d
@@ -193,14 +193,16 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     variants: list[dict[str, Any]] = []
     variants.append({"name": "base", "kind": "base", "path": str(base), "blocks_kept": n_blocks,
                      "kept_blocks": list(range(n_blocks)), "removed": 0, "eval": eval_stage("base_eval", base)})
+    budgets = cfg.recovery_budgets()
     for method in cfg.methods:
-        rec = recover_stage(f"control/recovered-{method}", base, method)
-        if rec is not None:
-            p = out / "control" / f"recovered-{method}"
-            variants.append({"name": f"control-{method}", "kind": "control", "method": method, "path": str(p),
-                             "blocks_kept": n_blocks, "kept_blocks": list(range(n_blocks)), "removed": 0,
-                             "recover": _recover_summary(rec), "bench_of": "base",
-                             "eval": eval_stage(f"control/eval_recovered-{method}", p)})
+        for suffix, frac, steps in budgets:
+            rec = recover_stage(f"control/recovered-{method}{suffix}", base, method, steps)
+            if rec is not None:
+                p = out / "control" / f"recovered-{method}{suffix}"
+                variants.append({"name": f"control-{method}{suffix}", "kind": "control", "method": method,
+                                 "path": str(p), "blocks_kept": n_blocks, "kept_blocks": list(range(n_blocks)),
+                                 "removed": 0, "budget_fraction": frac, "recover": _recover_summary(rec),
+                                 "bench_of": "base", "eval": eval_stage(f"control/eval_recovered-{method}{suffix}", p)})
     sweep = [(s, k) for s in cfg.scorers for k in counts]
     for scorer, k in tqdm(sweep, desc="study sweep", unit="variant", disable=not progress):
         vname = f"{scorer}-drop{k}"
@@ -211,13 +213,14 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
         variants.append({"name": vname, "kind": "dropped", "path": str(pdir), **common, "prune": pr,
                          "eval": eval_stage(f"{vdir}/eval_dropped", pdir)})
         for method in cfg.methods:
-            rec = recover_stage(f"{vdir}/recovered-{method}", pdir, method)
-            if rec is None:
-                continue
-            rdir = out / vdir / f"recovered-{method}"
-            variants.append({"name": f"{vname}-{method}", "kind": "recovered", "method": method, "path": str(rdir),
-                             **common, "recover": _recover_summary(rec), "bench_of": vname,
-                             "eval": eval_stage(f"{vdir}/eval_recovered-{method}", rdir)})
+            for suffix, frac, steps in budgets:
+                rec = recover_stage(f"{vdir}/recovered-{method}{suffix}", pdir, method, steps)
+                if rec is None:
+                    continue
+                rdir = out / vdir / f"recovered-{method}{suffix}"
+                variants.append({"name": f"{vname}-{method}{suffix}", "kind": "recovered", "method": method,
+                                 "path": str(rdir), **common, "budget_fraction": frac, "recover": _recover_summary(rec),
+                                 "bench_of": vname, "eval": eval_stage(f"{vdir}/eval_recovered-{method}{suffix}", rdir)})
 
     # Every pruned architecture once: recovered models keep their pruned model's shapes.
     bench_models = [v for v in variants if v["kind"] in ("base", "dropped")]
