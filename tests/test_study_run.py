@@ -159,6 +159,13 @@ def test_config_block_counts_and_presets() -> None:
     assert demo.ratios == (0.5,) and demo.tasks == ("drawer-close-v3",) and demo.image_size <= 96
     with pytest.raises(VlatrimError, match="unknown recovery method|not valid"):
         StudyConfig(methods=("prune-harder",))
+    # The transfer presets adapt to tasks outside their pretraining tasks, over several budgets.
+    for name, n_targets in (("transfer", 4), ("transfer-mt10", 10)):
+        t = resolve_study_config(name, {})
+        assert t.protocol == "transfer" and len(t.target_tasks) == n_targets and not set(t.tasks) & set(t.target_tasks)
+        assert t.work_tasks() == t.target_tasks and len(t.recovery_budgets()) >= 2
+    mt10 = set(resolve_study_config("mt10", {}).tasks)
+    assert not mt10 & set(resolve_study_config("transfer-mt10", {}).target_tasks)
 
 
 def test_budget_axis_runs_every_variant_and_the_control_at_each_budget(dataset, tmp_path) -> None:
@@ -208,3 +215,48 @@ def test_budget_curves_step_and_flop_matched() -> None:
     assert c["meets_control_step_matched_at"] == 1.0
     # Same FLOPs: at 10 the control affords only budget 0 (the base, 0.6 > 0.5); at 50 budget 0.1 (0.7 <= 0.8).
     assert c["meets_control_flop_matched_at"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def target_dataset(tmp_path_factory) -> Path:
+    """Demonstrations of two other tasks (other instructions, other actions) at the same image size."""
+    root = tmp_path_factory.mktemp("tds") / "tds"
+    w = LeRobotWriter(root, metaworld_features(32), fps=10)
+    rng = np.random.default_rng(1)
+    for e in range(6):
+        T = 8
+        w.add_episode({"observation.images.corner": rng.integers(0, 255, (T, 32, 32, 3), dtype=np.uint8),
+                       "observation.state": rng.normal(size=(T, 4)).astype(np.float32),
+                       "action": rng.uniform(-1, 1, size=(T, 4)).astype(np.float32),
+                       "next.success": np.zeros(T, dtype=bool)}, ["close the door", "press the handle down"][e % 2])
+    w.close()
+    return root
+
+
+def test_transfer_protocol_scores_tunes_and_evaluates_on_the_targets(dataset, target_dataset, tmp_path) -> None:
+    out = tmp_path / "t"
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset), "--protocol", "transfer",
+                 "--target-tasks", "door-close,handle-press", "--target-data", str(target_dataset)]) == 0
+    s = json.loads((out / "study.json").read_text())
+    assert s["protocol"] == {"name": "transfer", "pretraining_data": str(dataset.resolve()),
+                             "work_data": str(target_dataset.resolve()),
+                             "evaluated_tasks": ["door-close-v3", "handle-press-v3"]}
+    # The base trained on the pretraining data; scores, fine-tuning and evaluation used the targets.
+    assert json.loads((out / "base" / "run_config.json").read_text())["data"] == str(dataset.resolve())
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert analysis["calibration"]["dataset"] == str(target_dataset.resolve())
+    rows = {r["name"]: r for r in s["variants"]}
+    for name, d in (("control-full", "control/recovered-full"), ("drop_one-drop1-full", "variants/drop_one-drop1/recovered-full")):
+        assert json.loads((out / d / "recover.json").read_text())["data"]["path"] == str(target_dataset.resolve())
+        assert rows[name]["offline_l1"] is not None
+    assert "Transfer protocol" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--protocol", "transfer"], "the transfer protocol needs --target-tasks"),
+    (["--protocol", "transfer", "--target-tasks", "drawer-close"], "target task(s) drawer-close-v3 are also pretraining tasks"),
+    (["--target-tasks", "door-close"], "--target-tasks is used by --protocol transfer only"),
+])
+def test_transfer_protocol_bad_settings(dataset, tmp_path, capsys, argv, message) -> None:
+    assert main(["study", "--out", str(tmp_path / "x"), "--preset", "tiny", "--data", str(dataset), *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "x").exists()

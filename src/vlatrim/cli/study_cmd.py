@@ -35,9 +35,18 @@ class StudyCommand:
     """Study directory (new or empty; or a previous study's with --resume)."""
     preset: Annotated[str, tyro.conf.arg(help=study_preset_help())] = "demo"
     data: str | None = None
-    """Use this LeRobot v3 dataset instead of generating Meta-World demonstrations."""
+    """Use this LeRobot v3 dataset instead of generating Meta-World demonstrations (the pretraining data
+    under --protocol transfer)."""
     tasks: tuple[str, ...] | None = None
     """Meta-World tasks or groups, e.g. drawer-close,reach or mt10 / easy. Default: the preset's."""
+    protocol: Literal["deployment", "transfer"] | None = None
+    """deployment: train, prune, recover and evaluate on --tasks. transfer (the paper's protocol): pretrain
+    on --tasks, then score, prune, fine-tune (pruned and unpruned, same budget) and evaluate on
+    --target-tasks. Default: the preset's (deployment)."""
+    target_tasks: tuple[str, ...] | None = None
+    """--protocol transfer: the new tasks, none of them in --tasks (e.g. door-close,handle-press)."""
+    target_data: str | None = None
+    """--protocol transfer: a LeRobot v3 dataset of the target tasks instead of generating it."""
     ratios: tuple[str, ...] | None = None
     """Fractions of the language blocks to remove, e.g. 0.5,0.75 (or 0.5 0.75). Default: the preset's."""
     scorer: tuple[str, ...] | None = None
@@ -70,12 +79,12 @@ class StudyCommand:
         from vlatrim.study.run import run_study
 
         cfg = resolve_study_config(self.preset, dict(
-            tasks=_items(self.tasks), ratios=_floats(self.ratios, "--ratios"), scorers=_items(self.scorer),
+            tasks=_items(self.tasks), protocol=self.protocol, target_tasks=_items(self.target_tasks), ratios=_floats(self.ratios, "--ratios"), scorers=_items(self.scorer),
             methods=_items(self.methods),
             episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
             recover_budgets=_floats(self.recover_budgets, "--recover-budgets"),
             eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
-        study = run_study(cfg, self.out, data=self.data, resume=self.resume)
+        study = run_study(cfg, self.out, data=self.data, resume=self.resume, target_data=self.target_data)
         print(summary_table(study))
         print(f"wrote {self.out}/study.json and {self.out}/report.html")
 

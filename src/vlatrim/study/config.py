@@ -10,6 +10,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.utils.config import strict_from_dict
 
 RECOVERY_METHODS = ("full", "lora", "distill")
+PROTOCOLS = ("deployment", "transfer")
 
 
 @dataclass
@@ -17,8 +18,16 @@ class StudyConfig:
     """Everything that decides a study's results; ``study_config.json`` records it and a resumed run
     must match it."""
 
+    protocol: str = "deployment"
+    """``deployment``: train the base on ``tasks``, then score, prune, recover and evaluate on the same
+    tasks. ``transfer`` (the paper's protocol): pretrain the base on ``tasks``, then evaluate it zero-shot
+    on ``target_tasks``, score its blocks on the targets' action loss, prune, fine-tune every variant and
+    the unpruned model on target demonstrations with the same budget, and evaluate on the targets."""
     tasks: tuple[str, ...] = ("drawer-close",)
-    """Meta-World tasks (names or groups such as mt10 / easy) for demonstrations and evaluation."""
+    """Meta-World tasks (names or groups such as mt10 / easy) for demonstrations and evaluation (the
+    pretraining tasks under the transfer protocol)."""
+    target_tasks: tuple[str, ...] = ()
+    """Transfer protocol: the new tasks the pretrained base is adapted to (none of them in ``tasks``)."""
     episodes_per_task: int = 10
     """Successful scripted-expert demonstrations per task (when the study generates its own data)."""
     image_size: int = 64
@@ -79,6 +88,18 @@ class StudyConfig:
         from vlatrim.sim.backends.metaworld.tasks import parse_tasks
 
         self.tasks = tuple(parse_tasks(list(self.tasks)))
+        self.target_tasks = tuple(parse_tasks(list(self.target_tasks))) if self.target_tasks else ()
+        if self.protocol not in PROTOCOLS:
+            raise VlatrimError(f"protocol {self.protocol!r} is not valid; valid: {', '.join(PROTOCOLS)}")
+        if self.protocol == "transfer":
+            if not self.target_tasks:
+                raise VlatrimError("the transfer protocol needs --target-tasks (new tasks outside the pretraining tasks)")
+            shared = sorted(set(self.tasks) & set(self.target_tasks))
+            if shared:
+                raise VlatrimError(f"target task(s) {', '.join(shared)} are also pretraining tasks; the transfer "
+                                   "protocol adapts to tasks outside --tasks")
+        elif self.target_tasks:
+            raise VlatrimError("--target-tasks is used by --protocol transfer only")
         self.ratios = tuple(float(r) for r in self.ratios)
         self.scorers, self.analysis_scorers, self.methods = tuple(self.scorers), tuple(self.analysis_scorers), tuple(self.methods)
         self.recover_budgets = tuple(sorted({float(b) for b in self.recover_budgets}))
@@ -119,6 +140,10 @@ class StudyConfig:
         if num_blocks < 2:
             raise VlatrimError(f"the base model has {num_blocks} backbone block(s); a sweep needs at least 2")
         return sorted({min(max(int(round(r * num_blocks)), 1), num_blocks - 1) for r in self.ratios})
+
+    def work_tasks(self) -> tuple[str, ...]:
+        """The tasks that are scored, fine-tuned on and evaluated: the targets under transfer."""
+        return self.target_tasks if self.protocol == "transfer" else self.tasks
 
     def recovery_budgets(self) -> list[tuple[str, float | None, int]]:
         """(name suffix, fraction of ``train_steps`` or None, optimizer steps) of each recovery budget.

@@ -76,6 +76,41 @@ def _mt10() -> dict[str, Any]:
                 eval_episodes=20, eval_max_steps=500, eval_workers=8, bench_repeats=50, device="auto")
 
 
+# Target tasks of the transfer presets: Meta-World tasks outside MT10 (and outside the quick preset's).
+TRANSFER_TARGETS_CPU = ("door-close", "handle-press", "plate-slide", "button-press")
+TRANSFER_TARGETS_GPU = ("button-press", "coffee-button", "dial-turn", "door-close", "faucet-close", "faucet-open",
+                        "handle-press", "lever-pull", "plate-slide", "sweep-into")
+
+
+@_preset("transfer", "the paper's protocol on the 2-core CPU: pretrain = `vlatrim train --preset quick` on its 4 "
+                     "tasks (1600 steps at batch 32, 40 demos each, 96 px), then on door-close, handle-press, "
+                     "plate-slide and button-press (40 demos each): zero-shot evaluation, drop-one scores on the "
+                     "targets, half and 5/6 of the blocks removed, every variant and the unpruned model fine-tuned "
+                     "(full) at 0.2 and 1.0 of the base's budget, 20 episodes per target",
+         "not measured")
+def _transfer() -> dict[str, Any]:
+    return dict(protocol="transfer", tasks=("drawer-close", "button-press-topdown", "drawer-open", "window-open"),
+                target_tasks=TRANSFER_TARGETS_CPU, episodes_per_task=40, image_size=96, train_preset="quick",
+                train_steps=1600, batch_size=32, analysis_scorers=("drop_one", "block_influence"),
+                scorers=("drop_one",), analysis_batches=8, analysis_batch_size=16, ratios=(0.5, 0.84),
+                methods=("full",), recover_budgets=(0.2, 1.0), eval_episodes=20, eval_max_steps=300,
+                eval_workers=2, bench_repeats=10)
+
+
+@_preset("transfer-mt10", "the paper's protocol for one GPU: pretrain = `vlatrim train --preset mt10` on MT10 "
+                          "(15000 steps at batch 32, 50 demos each), targets = ten MT50 tasks outside MT10, every "
+                          "ratio from 1/6 to 5/6, full and LoRA at 0.1, 0.2, 0.5 and 1.0 of the base's budget, 20 "
+                          "episodes per target",
+         "not measured")
+def _transfer_mt10() -> dict[str, Any]:
+    return dict(protocol="transfer", tasks=("mt10",), target_tasks=TRANSFER_TARGETS_GPU, episodes_per_task=50,
+                image_size=96, train_preset="mt10", train_steps=15000, batch_size=32,
+                analysis_scorers=("drop_one", "block_influence", "gateprobe"), scorers=("drop_one",),
+                analysis_batches=16, analysis_batch_size=32, ratios=(0.17, 0.34, 0.5, 0.67, 0.84),
+                methods=("full", "lora"), recover_budgets=(0.1, 0.2, 0.5, 1.0), eval_episodes=20,
+                eval_max_steps=500, eval_workers=8, bench_repeats=50, device="auto")
+
+
 @_preset("tiny", "for tests: base = `vlatrim train --preset tiny` (2-block tiny BERT, 20 steps at batch 8), "
                  "half the blocks removed, offline evaluation only",
          "not measured")

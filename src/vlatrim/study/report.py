@@ -67,6 +67,12 @@ def render(study: dict[str, Any], out: Path) -> str:
              f"Base model: {study['base']['num_blocks']} language blocks at "
              f"<code>{html.escape(str(study['base']['blocks_path']))}</code>. "
              f"Tasks: {html.escape(', '.join(study['settings']['tasks']))}.</p>"]
+    proto = study.get("protocol") or {}
+    if proto.get("name") == "transfer":
+        parts.append(f"<p><b>Transfer protocol</b>: the base was pretrained on the tasks above, then scored, pruned, "
+                     f"fine-tuned and evaluated on the target tasks "
+                     f"{html.escape(', '.join(proto.get('evaluated_tasks') or []))}; the base row is its zero-shot "
+                     f"result on the targets, and the control is the unpruned base fine-tuned on them.</p>")
     for n in study["notes"]:
         parts.append(f"<div class='note'>{html.escape(n)}</div>")
     parts.append("<h2>Variants</h2>")

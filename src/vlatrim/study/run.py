@@ -34,21 +34,29 @@ CONFIG_FILE = "study_config.json"
 STUDY_FILE = "study.json"
 
 
-def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
+def _recorded(cfg: StudyConfig, data: str | None, target_data: str | None) -> dict[str, Any]:
+    rec = {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None}
+    if target_data:
+        rec["target_data"] = str(Path(target_data).resolve())
+    return rec
+
+
+def _check_resume(out: Path, cfg: StudyConfig, data: str | None, target_data: str | None = None) -> None:
     saved = read_json(out / CONFIG_FILE, what="study config") if (out / CONFIG_FILE).is_file() else None
     if saved is None:
         raise VlatrimError(f"cannot resume: {str(out)!r} holds no {CONFIG_FILE} (not a vlatrim study)")
-    check_same_settings({"config": saved.get("config"), "data": saved.get("data") or None},
-                        {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None},
-                        f"the study in {str(out)!r}", "use the same flags and --data, or a new --out")
+    wanted = _recorded(cfg, data, target_data)
+    check_same_settings({k: saved.get(k) or None for k in wanted}, wanted,
+                        f"the study in {str(out)!r}", "use the same flags, --data and --target-data, or a new --out")
 
 
 class _Evaluator:
     """Offline held-out action error (always) and closed-loop success (when the build has it)."""
 
     def __init__(self, cfg: StudyConfig, dataset: Path, val_fraction: float, image_size: int, device: str,
-                 progress: bool) -> None:
+                 progress: bool, tasks: tuple[str, ...]) -> None:
         self.cfg, self.dataset, self.val_fraction, self.device = cfg, dataset, val_fraction, device
+        self.tasks = tasks  # evaluated in closed loop: the study's tasks, or the targets under transfer
         self.image_size = image_size  # the dataset's (the model's input), which --data may set, not the preset
         self.progress = progress
         self._frames = None
@@ -79,7 +87,7 @@ class _Evaluator:
             return res
         try:
             res["closed_loop"] = backends.closed_loop_eval(
-                model_dir, list(self.cfg.tasks), self.cfg.eval_episodes, self.cfg.eval_max_steps, self.image_size,
+                model_dir, list(self.tasks), self.cfg.eval_episodes, self.cfg.eval_max_steps, self.image_size,
                 self.cfg.seed, self.cfg.eval_workers, self.device, work / "closed_loop", self.progress)
         except StageUnavailable as e:
             res["closed_loop_unavailable"] = str(e)
@@ -87,13 +95,15 @@ class _Evaluator:
 
 
 def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, target_data: str | None = None) -> dict[str, Any]:
     """Run (or continue) a drop-then-recovery study and write study.json, plots and report.html.
 
     Args:
         cfg: the study's settings.
         out: the study directory: new or empty, or a previous run's with ``resume``.
-        data: an existing LeRobot v3 dataset to use instead of generating demonstrations.
+        data: an existing LeRobot v3 dataset to use instead of generating demonstrations (the
+            pretraining data under the transfer protocol).
+        target_data: transfer protocol: an existing dataset of the target tasks instead of generating it.
         resume: continue the study in ``out``; settings must equal the recorded ones.
         progress: tqdm bars.
     Returns:
@@ -102,15 +112,18 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if data is not None and not (Path(data) / "meta" / "info.json").is_file():
-        raise VlatrimError(f"--data {data!r} is not a LeRobot v3 dataset directory (no meta/info.json)")
+    for flag, d in (("--data", data), ("--target-data", target_data)):
+        if d is not None and not (Path(d) / "meta" / "info.json").is_file():
+            raise VlatrimError(f"{flag} {d!r} is not a LeRobot v3 dataset directory (no meta/info.json)")
+    if target_data is not None and cfg.protocol != "transfer":
+        raise VlatrimError("--target-data is used by --protocol transfer only")
     if resume:
-        _check_resume(out, cfg, data)
+        _check_resume(out, cfg, data, target_data)
     else:
         if out.is_dir() and any(out.iterdir()):
             raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
         ensure_empty_dir(out)
-        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None})
+        write_json_atomic(out / CONFIG_FILE, _recorded(cfg, data, target_data))
     device = str(resolve_device(cfg.device))
     slog = StageLog()
     unavailable: dict[str, str] = {}
@@ -146,6 +159,24 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     base_sum = run_stage(out, "base", train, slog, fresh_partial=False)
     base = out / "base"
     results["data"].update(base_sum["dataset"])
+    pretraining = dataset
+
+    # 2b. transfer protocol: demonstrations of the target tasks; everything below works on them
+    if cfg.protocol == "transfer":
+        if target_data is not None:
+            dataset = Path(target_data).resolve()
+            results["target_data"] = {"path": str(dataset), "generated": False}
+        else:
+            try:
+                gen = run_stage(out, "target_demos", lambda d: backends.generate_demos(
+                    list(cfg.target_tasks), cfg.episodes_per_task, cfg.image_size, cfg.data_seed, d, progress), slog,
+                    fresh_partial=False)
+            except StageUnavailable as e:
+                raise VlatrimError(f"{e}; pass --target-data with a LeRobot v3 dataset instead") from None
+            dataset = (out / "target_demos").resolve()
+            results["target_data"] = {"path": str(dataset), "generated": True, **gen}
+    results["protocol"] = {"name": cfg.protocol, "pretraining_data": str(pretraining),
+                           "work_data": str(dataset), "evaluated_tasks": list(cfg.work_tasks())}
 
     # 3. importance analysis of the base model
     def analysis(d: Path) -> dict[str, Any]:
@@ -166,7 +197,8 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     n_blocks = ana["num_blocks"]
     counts = cfg.block_counts(n_blocks)
 
-    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], base_sum["dataset"]["image_size"], device, progress)
+    evaluator = _Evaluator(cfg, dataset, base_sum["val_fraction"], base_sum["dataset"]["image_size"], device, progress,
+                           cfg.work_tasks())
     recover_ok = True
 
     def eval_stage(name: str, model_dir: Path) -> dict[str, Any]:
