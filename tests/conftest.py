@@ -4,6 +4,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
+# One torch thread in this process and in the processes tests start (the verbs take OMP_NUM_THREADS as
+# the user's choice instead of measuring the free cores), so results do not depend on the machine's load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 

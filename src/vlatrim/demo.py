@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="use this LeRobot v3 dataset instead of generating demos")
     args = parser.parse_args(argv)
     from vlatrim.cli.study_cmd import summary_table
+    from vlatrim.cli.threads import apply_threads
     from vlatrim.study.presets import resolve_study_config
     from vlatrim.study.run import CONFIG_FILE, run_study
 
     out = Path(args.out)
     resume = (out / CONFIG_FILE).is_file()  # a previous `make demo` in the same place: continue it
     try:
+        apply_threads(None)  # the cores free now (a loaded machine trains faster with fewer threads)
         cfg = resolve_study_config(args.preset, {})
         print(f"vlatrim demo: study preset {args.preset!r} -> {out}" + (" (resuming)" if resume else ""), flush=True)
         study = run_study(cfg, out, data=args.data, resume=resume)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vlatrim.cli.registry import COMMANDS
+from vlatrim.cli.threads import apply_threads
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -80,7 +81,12 @@ class RecoverCommand:
     distill_temperature: float = 1.0
     """Softmax temperature of the KL term (discrete action head)."""
 
+    threads: int | None = None
+    """torch CPU threads. Default: the cores free when the command starts (with another job keeping one of
+    2 cores busy that is 1 thread, which trains faster there than torch's default of 2)."""
+
     def run(self) -> None:
+        apply_threads(self.threads)
         from vlatrim.train.recovery import (
             DistillSettings,
             LoraSettings,

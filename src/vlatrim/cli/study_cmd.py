@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import tyro
 
 from vlatrim.cli.registry import COMMANDS
+from vlatrim.cli.threads import apply_threads
 from vlatrim.errors import VlatrimError
 from vlatrim.study.presets import study_preset_help
 
@@ -74,7 +75,12 @@ class StudyCommand:
     resume: bool = False
     """Continue the study in --out: finished stages are skipped (settings must match)."""
 
+    threads: int | None = None
+    """torch CPU threads. Default: the cores free when the command starts (with another job keeping one of
+    2 cores busy that is 1 thread, which trains faster there than torch's default of 2)."""
+
     def run(self) -> None:
+        apply_threads(self.threads)
         from vlatrim.study.presets import resolve_study_config
         from vlatrim.study.run import run_study
 
