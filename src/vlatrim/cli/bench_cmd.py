@@ -31,13 +31,15 @@ class BenchCommand:
     seq_len: int = 64
     """Tokens per sequence for transformers text models (a VLA's sequence comes from its config)."""
     threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
+    """torch CPU threads. Default: the cores free when the command starts (bench.json records the count)."""
 
     def run(self) -> None:
         from vlatrim.bench.run import run_bench
+        from vlatrim.cli.threads import apply_threads
 
+        threads = apply_threads(self.threads)
         res = run_bench(self.model, self.out, self.device, self.batch_size, self.compile, self.cuda_graphs,
-                        self.warmup, self.repeats, self.seq_len, self.threads)
+                        self.warmup, self.repeats, self.seq_len, threads)
         print(f"{'model':24s} {'blocks':>6s} {'params':>10s} {'GFLOPs':>8s} {'full ms':>9s} {'backbone ms':>11s} {'Hz':>8s}")
         for m in res["models"]:
             full = m["latency_ms"]["full"]["eager"]["median_ms"]
