@@ -25,7 +25,8 @@ from vlatrim.study.config import StudyConfig
 from vlatrim.study.store import StageLog, run_stage
 from vlatrim.utils.device import resolve_device
 from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
-from vlatrim.utils.rundir import check_same_settings
+from vlatrim.utils.lock import run_dir_lock
+from vlatrim.utils.rundir import check_same_inputs, check_same_settings, input_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,29 @@ CONFIG_FILE = "study_config.json"
 STUDY_FILE = "study.json"
 
 
-def _check_resume(out: Path, cfg: StudyConfig, data: str | None) -> None:
+def _check_resume(out: Path, cfg: StudyConfig, data: str | None, inputs: dict[str, str]) -> None:
     saved = read_json(out / CONFIG_FILE, what="study config") if (out / CONFIG_FILE).is_file() else None
     if saved is None:
         raise VlatrimError(f"cannot resume: {str(out)!r} holds no {CONFIG_FILE} (not a vlatrim study)")
+    what, remedy = f"the study in {str(out)!r}", "use the same flags and --data, or a new --out"
     check_same_settings({"config": saved.get("config"), "data": saved.get("data") or None},
-                        {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None},
-                        f"the study in {str(out)!r}", "use the same flags and --data, or a new --out")
+                        {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None}, what, remedy)
+    check_same_inputs(saved.get("inputs"), inputs, what, remedy)
+
+
+def _start_again_if_nothing_to_resume(run_dir: Path) -> bool:
+    """Whether the training run in a stage's ``run_dir`` can resume. A run killed before its first
+    checkpoint holds its settings but nothing to resume from: it is emptied, to start again."""
+    from vlatrim.train.trainer import complete_checkpoints
+
+    if not (run_dir / "run_config.json").is_file():
+        return False
+    if complete_checkpoints(run_dir):
+        return True
+    log.warning("%s holds no complete checkpoint: starting that stage again", run_dir)
+    for p in run_dir.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return False
 
 
 class _Evaluator:
@@ -94,23 +111,35 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
         cfg: the study's settings.
         out: the study directory: new or empty, or a previous run's with ``resume``.
         data: an existing LeRobot v3 dataset to use instead of generating demonstrations.
-        resume: continue the study in ``out``; settings must equal the recorded ones.
+        resume: continue the study in ``out``; settings (and ``--data``'s content fingerprint) must equal
+            the recorded ones. A stage killed before its first checkpoint starts again.
         progress: tqdm bars.
     Returns:
         The study.json content.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        VlatrimError: another process writes ``out`` (its pid named), or a resume whose settings or
+            ``--data`` contents (``inputs.data``) differ from the recorded ones.
+    """
     out = Path(out)
     if data is not None and not (Path(data) / "meta" / "info.json").is_file():
         raise VlatrimError(f"--data {data!r} is not a LeRobot v3 dataset directory (no meta/info.json)")
+    with run_dir_lock(out):  # one writer: a second study into the same --out is refused, naming this one's pid
+        return _run_study(cfg, out, data, resume, progress)
+
+
+def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    inputs = input_fingerprints(data=data)  # generated demonstrations live in the study itself
     if resume:
-        _check_resume(out, cfg, data)
+        _check_resume(out, cfg, data, inputs)
     else:
         if out.is_dir() and any(out.iterdir()):
             raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
         ensure_empty_dir(out)
-        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None})
+        write_json_atomic(out / CONFIG_FILE, {"config": cfg.to_dict(), "data": str(Path(data).resolve()) if data else None,
+                                              "inputs": inputs})
     device = str(resolve_device(cfg.device))
     slog = StageLog()
     unavailable: dict[str, str] = {}
@@ -134,7 +163,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     def train(d: Path) -> dict[str, Any]:
         from vlatrim.train.run import train_reference
 
-        s = train_reference(dataset, d, preset=cfg.train_preset, resume=(d / "run_config.json").is_file(),
+        s = train_reference(dataset, d, preset=cfg.train_preset, resume=_start_again_if_nothing_to_resume(d),
                             backbone=cfg.backbone, steps=cfg.train_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             seed=cfg.seed, device=device)
         shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the final model is in d
@@ -178,6 +207,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
             return None
 
         def fn(d: Path) -> dict[str, Any]:
+            _start_again_if_nothing_to_resume(d)  # backends.recover resumes when run_config.json is left
             rec = backends.recover(model_dir, dataset, d, method=method, steps=cfg.recover_steps,
                                    batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
                                    teacher=base, val_fraction=base_sum["val_fraction"])
