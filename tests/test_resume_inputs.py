@@ -172,3 +172,16 @@ def test_eval_refuses_a_second_writer(tmp_path):
                      policy_name="random", progress=False)
     assert not out.exists()
 
+
+
+def test_a_lock_being_created_is_held_and_a_long_torn_one_is_stale(tmp_path):
+    run = tmp_path / "r"
+    path = lock_path(run)
+    path.write_text("")  # another process created it an instant ago and has not written its pid yet
+    with pytest.raises(VlatrimError, match="is being written by another process"):
+        with run_dir_lock(run):
+            pass
+    old = path.stat().st_mtime - 60
+    os.utime(path, (old, old))  # torn by a kill a minute ago: stale
+    with run_dir_lock(run) as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()

@@ -4,7 +4,9 @@
 run directory's own "is it empty / what does it hold" checks never see it) with ``O_CREAT | O_EXCL``
 and writes the holder's pid and host into it. A second writer is refused with a message naming the
 holder's pid. A lock whose holder is gone (its pid no longer runs on this host) is stale: the next
-writer takes it over. The lock is removed when the holder leaves the ``with`` block, whatever the
+writer takes it over. A lock file whose pid cannot be read is held while it is younger than
+``FRESH_S`` (its creator is writing it) and stale after. A lock that cannot be created at all (a
+read-only parent) is skipped with a warning. The lock is removed when the holder leaves the ``with`` block, whatever the
 outcome; a killed holder leaves a stale lock, which the next run takes over.
 
 In a distributed launch (``RANK`` set) only rank 0 takes the lock; the other ranks write through it.
@@ -14,14 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from vlatrim.errors import VlatrimError
 
 LOCK_SUFFIX = ".vlatrim-lock"
+log = logging.getLogger(__name__)
 
 
 def lock_path(run_dir: str | os.PathLike) -> Path:
@@ -51,16 +56,24 @@ def _read(path: Path) -> dict | None:
         return {}  # torn or unreadable: its holder cannot be named, and it is treated as stale
 
 
-def _is_stale(holder: dict) -> bool:
+FRESH_S = 10.0  # a lock file younger than this whose pid cannot be read yet is being written: held
+
+
+def _is_stale(holder: dict, path: Path) -> bool:
     pid = holder.get("pid")
     if not isinstance(pid, int):
-        return True
+        try:  # created (O_EXCL) but its pid not written yet, or torn by a kill long ago
+            return time.time() - path.stat().st_mtime > FRESH_S
+        except FileNotFoundError:
+            return False
     if holder.get("host") not in (None, socket.gethostname()):
         return False  # another machine's process (shared file system): its liveness cannot be checked
     return not _pid_alive(pid)
 
 
-def _acquire(path: Path, what: str, run_dir: Path) -> None:
+def _acquire(path: Path, what: str, run_dir: Path) -> bool:
+    """Take the lock; False when it cannot be created at all (a read-only parent: the verb's own checks
+    then say what is wrong with ``run_dir``)."""
     mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
     for _ in range(20):
         try:
@@ -69,7 +82,7 @@ def _acquire(path: Path, what: str, run_dir: Path) -> None:
             holder = _read(path)
             if holder is None:
                 continue  # released meanwhile: try again
-            if not _is_stale(holder):
+            if not _is_stale(holder, path):
                 raise VlatrimError(
                     f"{what} {str(run_dir)!r} is being written by another process (pid {holder.get('pid')}"
                     f"{'' if holder.get('host') in (None, socket.gethostname()) else ' on ' + str(holder.get('host'))}; "
@@ -87,9 +100,12 @@ def _acquire(path: Path, what: str, run_dir: Path) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(aside)
             continue
+        except OSError as e:
+            log.warning("%s %s: no lock taken (%s cannot be created: %s)", what, run_dir, path, e.strerror or e)
+            return False
         with os.fdopen(fd, "wb") as f:
             f.write(mine)
-        return
+        return True
     raise VlatrimError(f"{what} {str(run_dir)!r}: cannot take its lock {str(path)!r} (it keeps changing hands)")
 
 
@@ -98,7 +114,9 @@ def run_dir_lock(run_dir: str | os.PathLike, what: str = "--out") -> Iterator[Pa
     """Hold the lock of ``run_dir`` for the ``with`` block (see the module docstring).
 
     Yields:
-        The lock file's path (None on ranks other than 0 of a distributed launch).
+        The lock file's path (None on ranks other than 0 of a distributed launch, and where the lock
+        file cannot be created at all, e.g. a read-only parent: a warning is logged and the verb's own
+        checks of ``run_dir`` decide).
 
     Raises:
         VlatrimError: another live process holds it (the message names its pid).
@@ -114,14 +132,14 @@ def run_dir_lock(run_dir: str | os.PathLike, what: str = "--out") -> Iterator[Pa
     except OSError as e:
         raise VlatrimError(f"{what} {str(run_dir)!r} cannot be created ({e.strerror or e})") from None
     try:
-        _acquire(path, what, run_dir)
+        held = _acquire(path, what, run_dir)
     except BaseException:
         _remove_empty(made)
         raise
     try:
-        yield path
+        yield path if held else None
     finally:
-        holder = _read(path)
+        holder = _read(path) if held else None
         if holder and holder.get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 path.unlink()
