@@ -40,7 +40,9 @@ class ReferenceFamily(PolicyFamily):
     def load(self, path: Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> nn.Module:
         from vlatrim.prune import load_pruned
 
-        return load_pruned(path).to(device).eval()
+        model = load_pruned(path)
+        refuse_non_finite(model, path)  # NaN weights would evaluate to 0% success, train to NaN, score nothing
+        return model.to(device).eval()
 
     def save(self, model: nn.Module, out: Path) -> None:
         model.save_pretrained(out)
@@ -125,3 +127,21 @@ class ReferenceFamily(PolicyFamily):
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         # Adapters on the language backbone; the small head and the action queries train in full.
         return "backbone", ("head", "action_queries")
+
+
+def refuse_non_finite(model: nn.Module, path: str | Path) -> None:
+    """Refuse a checkpoint whose weights hold NaN or Inf, naming the first such tensor (by state-dict
+    order) and how many of its values are not finite. Any family's ``load`` may call it.
+
+    Raises:
+        VlatrimError: ``checkpoint 'DIR' holds non-finite weights: tensor 'NAME' has N NaN/Inf values (of M)``.
+    """
+    for name, t in model.state_dict().items():
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise VlatrimError(f"checkpoint {str(path)!r} holds non-finite weights: tensor {name!r} has {bad} "
+                               f"NaN/Inf value{'s' if bad != 1 else ''} (of {t.numel()}); it cannot be evaluated, "
+                               "recovered or analysed")

@@ -1,8 +1,15 @@
 """Saving a pruned model as a standard checkpoint directory, and loading any checkpoint back.
 
 Layout of a pruned directory: what the model's own ``save_pretrained`` writes (``config.json`` +
-``model.safetensors``), every other file of the source directory (tokenizer, processor, normalisation
-stats), ``vocab_map.json`` when the vocabulary was cut, and ``prune.json``.
+``model.safetensors``), every other file of the source directory's tree (tokenizer, processor,
+normalisation stats, and the module folders other tools load with the model: sentence-transformers'
+``modules.json`` + ``1_Pooling/`` ...), ``vocab_map.json`` when the vocabulary was cut, and
+``prune.json``. Left out of the copy: what the cut replaces (the top-level config and weights,
+``prune.json``), a training run's ``checkpoints/``, exports of the unpruned model (``onnx/``,
+``openvino/``, ``*.onnx``) and hidden files. When a vocabulary cut rewrites the tokenizer, every
+tokenizer file copied from the source speaks the old ids: they are removed, the rewritten tokenizer
+is saved in each folder that held one, and a WordPiece ``vocab.txt`` is rewritten in the new id
+order, so that every tokenizer file the directory keeps gives the pruned model's ids.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ from vlatrim.utils.io import atomic_dir, read_json, write_json_atomic
 VOCAB_MAP = "vocab_map.json"
 PRUNE_JSON = "prune.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
+# Folders of a source tree that do not describe the pruned model: a training run's resumable state, and
+# exports of the unpruned model.
+_SKIPPED_DIRS = frozenset({"checkpoints", "onnx", "openvino"})
+# Files of a tokenizer: after a vocabulary cut that rewrites it, copies of the source's speak old ids.
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                             "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                             "sentencepiece.bpe.model"})
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -55,20 +69,55 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
     """
     out = Path(out)
     with atomic_dir(out) as tmp:
-        if source_dir is not None:
-            for f in sorted(Path(source_dir).iterdir()):
-                if f.is_file() and f.name != "config.json" and f.name != PRUNE_JSON and not f.name.endswith(_WEIGHT_SUFFIXES):
-                    shutil.copy2(f, tmp / f.name)
+        copied = _copy_source_tree(Path(source_dir), tmp) if source_dir is not None else []
+        stale_dirs: dict[Path, bool] = {}  # folder -> it held a vocab.txt
+        if result.tokenizer is not None:  # the cut rewrote the tokenizer: every copied tokenizer file is stale
+            for rel in copied:
+                if rel.name in TOKENIZER_FILES:
+                    stale_dirs[tmp / rel.parent] = stale_dirs.get(tmp / rel.parent, False) or rel.name == "vocab.txt"
+                    (tmp / rel).unlink()
         if save_model is not None:
             save_model(result.model, tmp)
         else:
             _save_model(result, tmp)
         if result.tokenizer is not None and not hasattr(result.model, "tokenizer"):
-            result.tokenizer.save_pretrained(tmp)  # replaces the copied tokenizer files
+            result.tokenizer.save_pretrained(tmp)
+        for folder, had_vocab_txt in stale_dirs.items():
+            if not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+                result.tokenizer.save_pretrained(folder)  # a folder whose tokenizer the model's save did not write
+            if had_vocab_txt and not (folder / "vocab.txt").is_file():
+                _write_vocab_txt(result.tokenizer, folder / "vocab.txt")
         if result.remap is not None:
             write_json_atomic(tmp / VOCAB_MAP, {**result.remap.to_json(), "tokenizer_rewritten": result.tokenizer is not None})
         write_json_atomic(tmp / PRUNE_JSON, report)
     return out
+
+
+def _copy_source_tree(source: Path, tmp: Path) -> list[Path]:
+    """Copy the source checkpoint's tree into ``tmp`` but for what the cut replaces or what does not
+    describe the pruned model (module docstring); return the copied files' paths relative to ``tmp``."""
+    copied: list[Path] = []
+    for f in sorted(source.rglob("*")):
+        rel = f.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in _SKIPPED_DIRS or not f.is_file():
+            continue
+        if f.name.endswith(".onnx"):
+            continue
+        if len(rel.parts) == 1 and (f.name in ("config.json", PRUNE_JSON) or f.name.endswith(_WEIGHT_SUFFIXES)):
+            continue
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, tmp / rel)
+        copied.append(rel)
+    return copied
+
+
+def _write_vocab_txt(tokenizer: Any, path: Path) -> None:
+    """A WordPiece ``vocab.txt`` of ``tokenizer``: one token per line, line i = id i (ids must be 0..n-1)."""
+    vocab = tokenizer.get_vocab()
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        return  # not a dense id range: no vocab.txt can express it (the rewritten tokenizer.json does)
+    path.write_text("".join(t + "\n" for t, _ in by_id), encoding="utf-8")
 
 
 def _save_model(result: SurgeryResult, tmp: Path) -> None:

@@ -46,7 +46,8 @@ from vlatrim.sim.backends.base import EnvSpec
 from vlatrim.sim.metrics import wilson_interval
 from vlatrim.sim.policy import Policy, check_policy_io, policy_io, uses_images
 from vlatrim.sim.workers import Act, Failed, Observed, Reset, WorkerProcess
-from vlatrim.utils.rundir import check_same_settings
+from vlatrim.utils.lock import run_dir_lock
+from vlatrim.utils.rundir import check_same_inputs, check_same_settings, input_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +607,8 @@ PROGRESS_FORMAT = 1  # of the .progress layout; part of the settings a resume mu
 class EvalStore:
     """An ``--out`` directory that records every episode as it finishes, so a killed run resumes.
 
-    Layout while unfinished: ``.progress/settings.json`` (the content settings), an append-only
+    Layout while unfinished: ``.progress/settings.json`` (the content settings, and the policy
+    checkpoint's content fingerprint ``inputs.policy`` when the policy was given as a directory), an append-only
     ``.progress/episodes.jsonl`` (one ``EpisodeResult`` per line, flushed and fsynced as each
     episode ends) and ``.progress/videos/`` (each video episode's clip, written before its journal
     line). ``finish`` moves the videos to ``videos/``, writes ``eval.json`` atomically, and removes
@@ -635,17 +637,22 @@ class EvalStore:
         check_out(self.out, resume)
         settings = {**cfg.content_settings(policy_name, self.backend.name), "progress_format": PROGRESS_FORMAT}
         settings = json.loads(json.dumps(settings))  # as it reads back (tuples -> lists)
+        # The checkpoint by content: the same path holding other weights is another policy.
+        inputs = input_fingerprints(policy=policy_name) if policy_name and Path(policy_name).is_dir() else {}
         settings_path = self.progress / "settings.json"
         if self.progress.is_dir():
             old = read_json(settings_path, "evaluation settings") if settings_path.exists() else {}
-            check_same_settings(old, settings, f"the unfinished evaluation in --out {str(self.out)!r}",
-                                "rerun with the same settings, or choose a new directory")
+            what = f"the unfinished evaluation in --out {str(self.out)!r}"
+            remedy = "rerun with the same settings, or choose a new directory"
+            old_inputs = old.pop("inputs", None)
+            check_same_settings(old, settings, what, remedy)
+            check_same_inputs(old_inputs, inputs, what, remedy)
         else:
             try:
                 (self.progress / "videos").mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise VlatrimError(f"--out {str(self.out)!r} cannot be created ({e.strerror})") from None
-            write_json_atomic(settings_path, settings)
+            write_json_atomic(settings_path, {**settings, "inputs": inputs})
         (self.progress / "videos").mkdir(exist_ok=True)
         self.journal_path = self.progress / "episodes.jsonl"
         self.done = self._read_journal()
@@ -744,14 +751,15 @@ def run_eval(policy: Policy, cfg: EvalConfig, out: str | os.PathLike, policy_nam
     evaluator.check(policy)  # before anything is written
     out = Path(out)
     created = not out.exists()
-    store = EvalStore(out, evaluator.cfg, policy_name, resume=resume, backend=evaluator.backend)
-    try:
-        if store.done:
-            log.warning("resuming %s: %d of %d episodes already finished", out, len(store.done),
-                        evaluator.cfg.episodes * len(evaluator.cfg.tasks))
-        result, _ = evaluator.run(policy, policy_name, progress=progress, done=store.done, on_episode=store.record)
-    except BaseException:
-        store.close()
-        store.discard_if_empty(remove_out=created)
-        raise
-    return result, store.finish(result)
+    with run_dir_lock(out):  # one writer: a second run into the same --out is refused, naming this one's pid
+        store = EvalStore(out, evaluator.cfg, policy_name, resume=resume, backend=evaluator.backend)
+        try:
+            if store.done:
+                log.warning("resuming %s: %d of %d episodes already finished", out, len(store.done),
+                            evaluator.cfg.episodes * len(evaluator.cfg.tasks))
+            result, _ = evaluator.run(policy, policy_name, progress=progress, done=store.done, on_episode=store.record)
+        except BaseException:
+            store.close()
+            store.discard_if_empty(remove_out=created)
+            raise
+        return result, store.finish(result)

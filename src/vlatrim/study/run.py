@@ -25,7 +25,8 @@ from vlatrim.study.config import StudyConfig
 from vlatrim.study.store import StageLog, run_stage
 from vlatrim.utils.device import resolve_device
 from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
-from vlatrim.utils.rundir import check_same_settings
+from vlatrim.utils.lock import run_dir_lock
+from vlatrim.utils.rundir import check_same_inputs, check_same_settings, input_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,30 @@ def _recorded(cfg: StudyConfig, data: str | None, target_data: str | None) -> di
     return rec
 
 
-def _check_resume(out: Path, cfg: StudyConfig, data: str | None, target_data: str | None = None) -> None:
+def _check_resume(out: Path, cfg: StudyConfig, data: str | None, target_data: str | None,
+                  inputs: dict[str, str]) -> None:
     saved = read_json(out / CONFIG_FILE, what="study config") if (out / CONFIG_FILE).is_file() else None
     if saved is None:
         raise VlatrimError(f"cannot resume: {str(out)!r} holds no {CONFIG_FILE} (not a vlatrim study)")
+    what, remedy = f"the study in {str(out)!r}", "use the same flags, --data and --target-data, or a new --out"
     wanted = _recorded(cfg, data, target_data)
-    check_same_settings({k: saved.get(k) or None for k in wanted}, wanted,
-                        f"the study in {str(out)!r}", "use the same flags, --data and --target-data, or a new --out")
+    check_same_settings({k: saved.get(k) or None for k in wanted}, wanted, what, remedy)
+    check_same_inputs(saved.get("inputs"), inputs, what, remedy)
+
+
+def _start_again_if_nothing_to_resume(run_dir: Path) -> bool:
+    """Whether the training run in a stage's ``run_dir`` can resume. A run killed before its first
+    checkpoint holds its settings but nothing to resume from: it is emptied, to start again."""
+    from vlatrim.train.trainer import complete_checkpoints
+
+    if not (run_dir / "run_config.json").is_file():
+        return False
+    if complete_checkpoints(run_dir):
+        return True
+    log.warning("%s holds no complete checkpoint: starting that stage again", run_dir)
+    for p in run_dir.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return False
 
 
 class _Evaluator:
@@ -104,26 +122,40 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
         data: an existing LeRobot v3 dataset to use instead of generating demonstrations (the
             pretraining data under the transfer protocol).
         target_data: transfer protocol: an existing dataset of the target tasks instead of generating it.
-        resume: continue the study in ``out``; settings must equal the recorded ones.
+        resume: continue the study in ``out``; settings (and the content fingerprints of ``--data`` and
+            ``--target-data``) must equal the recorded ones. A stage killed before its first checkpoint
+            starts again.
         progress: tqdm bars.
     Returns:
         The study.json content.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        VlatrimError: another process writes ``out`` (its pid named), or a resume whose settings or
+            ``--data`` contents (``inputs.data``) differ from the recorded ones.
+    """
     out = Path(out)
     for flag, d in (("--data", data), ("--target-data", target_data)):
         if d is not None and not (Path(d) / "meta" / "info.json").is_file():
             raise VlatrimError(f"{flag} {d!r} is not a LeRobot v3 dataset directory (no meta/info.json)")
     if target_data is not None and cfg.protocol != "transfer":
         raise VlatrimError("--target-data is used by --protocol transfer only")
+    with run_dir_lock(out):  # one writer: a second study into the same --out is refused, naming this one's pid
+        return _run_study(cfg, out, data, resume, progress, target_data)
+
+
+def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, progress: bool,
+               target_data: str | None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    # generated demonstrations live in the study itself
+    inputs = input_fingerprints(data=data, target_data=target_data)  # None: left out
     if resume:
-        _check_resume(out, cfg, data, target_data)
+        _check_resume(out, cfg, data, target_data, inputs)
     else:
         if out.is_dir() and any(out.iterdir()):
             raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
         ensure_empty_dir(out)
-        write_json_atomic(out / CONFIG_FILE, _recorded(cfg, data, target_data))
+        write_json_atomic(out / CONFIG_FILE, {**_recorded(cfg, data, target_data), "inputs": inputs})
     device = str(resolve_device(cfg.device))
     slog = StageLog()
     unavailable: dict[str, str] = {}
@@ -147,7 +179,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
     def train(d: Path) -> dict[str, Any]:
         from vlatrim.train.run import train_reference
 
-        s = train_reference(dataset, d, preset=cfg.train_preset, resume=(d / "run_config.json").is_file(),
+        s = train_reference(dataset, d, preset=cfg.train_preset, resume=_start_again_if_nothing_to_resume(d),
                             backbone=cfg.backbone, steps=cfg.train_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             seed=cfg.seed, device=device)
         shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the final model is in d
@@ -210,6 +242,7 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
             return None
 
         def fn(d: Path) -> dict[str, Any]:
+            _start_again_if_nothing_to_resume(d)  # backends.recover resumes when run_config.json is left
             rec = backends.recover(model_dir, dataset, d, method=method, steps=steps,
                                    batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
                                    teacher=base, val_fraction=base_sum["val_fraction"])

@@ -3,13 +3,15 @@
 Run directory layout (``--out``):
 
     config.json, model.safetensors, normalization.json, tokenizer/   the final model (a checkpoint)
-    run_config.json     everything that defines the run; ``--resume`` requires it unchanged
+    run_config.json     everything that defines the run, with the dataset's content fingerprint
+                        (``inputs.data``); ``--resume`` requires it unchanged
     log.jsonl           mean losses, lr, grad norm every ``log_every`` steps
     checkpoints/step-N/ resumable checkpoints (model + optimizer/scheduler/RNG state)
     train.json          summary: settings, dataset, speed, final losses, held-out action error
 
 The final model files are written last, ``config.json`` last of all, so ``--out`` is a loadable
 checkpoint (``ReferenceVLA.from_pretrained``, ``vlatrim eval --policy``) only once training finished.
+A run holds ``--out``'s lock (``vlatrim.utils.lock``) while it writes: a second run into it is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from vlatrim.train.evaluate import image_swap_error, offline_action_error
 from vlatrim.train.presets import TRAIN_PRESETS
 from vlatrim.train.trainer import Trainer
 from vlatrim.utils.io import read_json, write_json_atomic
+from vlatrim.utils.lock import run_dir_lock
+from vlatrim.utils.rundir import check_same_inputs, input_fingerprints
 from vlatrim.utils.seeding import seed_everything
 
 RUN_CONFIG = "run_config.json"
@@ -111,6 +115,13 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
     """
     data, out = Path(data), Path(out)
     wanted = resolve_run_config(preset, overrides)
+    with run_dir_lock(out):
+        return _train_reference(data, out, preset, resume, load_frames, wanted, overrides)
+
+
+def _train_reference(data: Path, out: Path, preset: str, resume: bool, load_frames: Callable[[Path], DemoFrames] | None,
+                     wanted: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    inputs = input_fingerprints(data=data) if data.is_dir() else {}
     if resume:
         if not (out / RUN_CONFIG).is_file():
             raise VlatrimError(f"cannot resume: {str(out)!r} holds no {RUN_CONFIG} (not a vlatrim train run)")
@@ -118,10 +129,12 @@ def train_reference(data: str | Path, out: str | Path, preset: str = "default", 
         _check_resume(settings, wanted, {"preset": preset if preset != "default" else None, **overrides})
         if Path(settings["data"]).resolve() != data.resolve():
             raise VlatrimError(f"cannot resume: --data {str(data)!r} differs from the run's {settings['data']!r}")
+        check_same_inputs(settings.get("inputs"), inputs, "the run in --out",
+                          "resume with the dataset it was trained on, or start a new --out")
     else:
         if out.is_dir() and any(out.iterdir()):
             raise VlatrimError(f"--out {str(out)!r} is not empty; choose a new directory, or add --resume to continue it")
-        settings = {**wanted, "data": str(data.resolve())}
+        settings = {**wanted, "data": str(data.resolve()), "inputs": inputs}
     if load_frames is None:
         from vlatrim.train.data import read_demo_frames as load_frames
     frames = load_frames(data)

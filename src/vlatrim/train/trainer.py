@@ -219,10 +219,7 @@ class Trainer:
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints of this run, oldest first."""
-        if not self.checkpoint_root.is_dir():
-            return []
-        found = [p for p in self.checkpoint_root.glob("step-*") if (p / STATE_JSON).is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        return complete_checkpoints(self.run_dir)
 
     def _save_checkpoint(self, model, optimizer, scheduler, step: int, final: bool = False) -> Path:
         acc = self.accelerator
@@ -445,6 +442,16 @@ class Trainer:
             self._final = None
         return TrainResult(step=step, finished=step >= cfg.steps, last_log=last_log,
                            steps_per_s=(step - start) / elapsed if elapsed > 0 else math.nan, resumed_from=start)
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints (``checkpoints/step-N`` holding its state file) in ``run_dir``, oldest
+    first: what ``Trainer.fit(resume=True)`` can resume from (nothing when empty)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / STATE_JSON).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def is_fsdp(accelerator: Any) -> bool:

@@ -6,6 +6,13 @@ differ from the ones it is given now. Demo generation, recovery, evaluation and 
 through ``check_same_settings`` (naming the first difference and how many more). Training compares
 only the flags the user typed against the run's recorded ones (the rest come from the run), with a
 message naming the flag.
+
+What a run reads (its dataset, the weights it starts from or evaluates) is part of its settings by
+content, not by path: ``input_fingerprints`` records ``{"data": <fingerprint>, ...}``
+(``vlatrim.utils.hashing.content_fingerprint``: cheap, content-based) under the run's ``inputs``, and
+a resume whose inputs hash differently is refused through ``check_same_settings`` like any other
+setting (``inputs.data: run has '...', now '...'``). One process writes a run directory at a time:
+``vlatrim.utils.lock.run_dir_lock``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vlatrim.errors import VlatrimError
+from vlatrim.utils.hashing import content_fingerprint
 
 
 def settings_diff(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any],
@@ -58,3 +66,18 @@ def check_same_settings(saved: Mapping[str, Any] | None, wanted: Mapping[str, An
     diff = settings_diff(saved, wanted, nested)
     if diff:
         raise VlatrimError(f"cannot resume: {what} was made with other settings {describe_diff(diff)}; {remedy}")
+
+
+def input_fingerprints(**paths: Any) -> dict[str, str]:
+    """``{name: content_fingerprint(path)}`` for each path given (None: left out)."""
+    return {name: content_fingerprint(p) for name, p in paths.items() if p is not None}
+
+
+def check_same_inputs(saved: Mapping[str, Any] | None, wanted: Mapping[str, Any], what: str, remedy: str) -> None:
+    """Refuse to resume when the recorded input fingerprints differ from ``wanted`` (through
+    ``check_same_settings``, keys ``inputs.<name>``). ``saved`` None: the run was recorded by a vlatrim
+    that took no fingerprints, and there is nothing to compare."""
+    if saved is None:
+        return
+    check_same_settings({"inputs": dict(saved)}, {"inputs": dict(wanted)}, what,
+                        f"its inputs changed since it started; {remedy}")

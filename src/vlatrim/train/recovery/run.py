@@ -4,7 +4,8 @@ Run directory layout (``--out``), the same as ``vlatrim train``'s:
 
     config.json, model.safetensors, normalization.json, tokenizer/   the recovered model (a checkpoint)
     prune.json, vocab_map.json   copied from the source checkpoint (what was cut), when present
-    run_config.json     everything that defines the run (settings, source and teacher hashes)
+    run_config.json     everything that defines the run (settings, source and teacher hashes, the
+                        dataset's content fingerprint ``inputs.data``); a resume requires it unchanged
     log.jsonl           mean losses, lr, grad norm every ``log_every`` steps (averaged over processes)
     checkpoints/step-N/ trainable.safetensors + optimizer / scheduler / RNG state
     recover.json        the budget (steps x batch = samples, tokens, wall time), method, results
@@ -36,7 +37,8 @@ from vlatrim.train.recovery.config import RecoverySettings
 from vlatrim.train.trainer import Trainer
 from vlatrim.utils.hashing import dir_sha256
 from vlatrim.utils.io import read_json, write_json_atomic
-from vlatrim.utils.rundir import check_same_settings
+from vlatrim.utils.lock import run_dir_lock
+from vlatrim.utils.rundir import check_same_inputs, check_same_settings, input_fingerprints
 from vlatrim.utils.seeding import seed_everything
 
 RUN_CONFIG = "run_config.json"
@@ -117,7 +119,12 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
     """
     settings = settings or RecoverySettings()
     trainer = trainer or recovery_trainer_config(settings.method)
-    model_dir, data, out = Path(model), Path(data), Path(out)
+    with run_dir_lock(out):
+        return _recover(Path(model), Path(data), Path(out), settings, trainer, teacher, resume)
+
+
+def _recover(model_dir: Path, data: Path, out: Path, settings: RecoverySettings, trainer: TrainerConfig,
+             teacher: str | Path | None, resume: bool) -> dict[str, Any]:
     if RECOVERY_METHODS.get(settings.method).needs_teacher and teacher is None:
         raise VlatrimError(f"method {settings.method!r} needs --teacher (the unpruned model the student was cut from)")
     if teacher is not None and not RECOVERY_METHODS.get(settings.method).needs_teacher:
@@ -151,9 +158,12 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
                                "the model the student was pruned from")
         wanted["teacher"] = {"path": str(Path(teacher).resolve()), "sha256": dir_sha256(teacher)}
         method.attach_teacher(teacher_model, student, prune_info.get("kept_blocks") if prune_info else None)
+    inputs = input_fingerprints(data=data) if data.is_dir() else {}
     if resume:
-        check_same_settings({k: v for k, v in read_json(out / RUN_CONFIG, "run config").items() if k in wanted}, wanted,
-                            "the run in --out", "resume with the same model, data and flags, or start a new --out")
+        saved = read_json(out / RUN_CONFIG, "run config")
+        remedy = "resume with the same model, data and flags, or start a new --out"
+        check_same_settings({k: v for k, v in saved.items() if k in wanted}, wanted, "the run in --out", remedy)
+        check_same_inputs(saved.get("inputs"), inputs, "the run in --out", remedy)
 
     train_samples = family.dataset(student, data, "train", settings.val_fraction)
     val_samples = family.dataset(student, data, "held_out", settings.val_fraction)
@@ -174,7 +184,7 @@ def recover(model: str | Path, data: str | Path, out: str | Path, settings: Reco
     loop = Trainer(trained, train_set, trainer, out, loss_fn=method.loss, save_model=save_trainable,
                    load_model=load_trainable)  # checks batch vs processes before anything is written
     if not resume:  # every process has checked --out above; only then is it written
-        loop.create_run_dir(RUN_CONFIG, wanted)
+        loop.create_run_dir(RUN_CONFIG, {**wanted, "inputs": inputs})
 
     t0 = time.perf_counter()
     result = loop.fit(resume=resume)
