@@ -32,21 +32,39 @@ class BenchCommand:
     """Tokens per sequence for transformers text models (a VLA's sequence comes from its config)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
+    remeasure_peaks: bool = False
+    """Measure the device's peak matmul FLOP/s and copy bandwidth again for the roofline (they are measured
+    once per device, torch, dtype and threads and cached under $XDG_CACHE_HOME/vlatrim/roofline.json)."""
 
     def run(self) -> None:
         from vlatrim.bench.run import run_bench
 
         res = run_bench(self.model, self.out, self.device, self.batch_size, self.compile, self.cuda_graphs,
-                        self.warmup, self.repeats, self.seq_len, self.threads)
-        print(f"{'model':24s} {'blocks':>6s} {'params':>10s} {'GFLOPs':>8s} {'full ms':>9s} {'backbone ms':>11s} {'Hz':>8s}")
-        for m in res["models"]:
-            full = m["latency_ms"]["full"]["eager"]["median_ms"]
-            bb = m["latency_ms"]["backbone"]["eager"]["median_ms"]
-            print(f"{m['name'][:24]:24s} {m['num_blocks']:6d} {m['params']['total']:10d} "
-                  f"{m['flops']['counted']['full'] / 1e9:8.3f} {full:9.2f} {bb:11.2f} {1e3 / full:8.1f}")
+                        self.warmup, self.repeats, self.seq_len, self.threads, remeasure_peaks=self.remeasure_peaks)
+        print_table(res)
         for n in res["notes"]:
             print(f"note: {n}")
         print(f"wrote {self.out}/bench.json ({res['device']['type']}: {res['device']['name']})")
+
+
+def print_table(res: dict) -> None:
+    """One line per model and timed mode of the full forward: median / p90 ms, roofline ms, measured / roofline, Hz."""
+    print(f"{'model':24s} {'blocks':>6s} {'params':>12s} {'GFLOPs':>9s} {'mode':>10s} {'median ms':>10s} {'p90 ms':>9s} "
+          f"{'roof ms':>8s} {'x roof':>7s} {'Hz':>8s} {'act/s':>8s}")
+    for m in res["models"]:
+        roof = m["roofline"]["full"]
+        for mode, t in m["latency_ms"]["full"].items():
+            if "median_ms" not in t:
+                continue
+            c = m["control"][mode]
+            act = f"{c['actions_per_s']:8.1f}" if c.get("actions_per_s") else f"{'-':>8s}"
+            print(f"{m['name'][:24]:24s} {m['num_blocks']:6d} {m['params']['total']:12d} {m['flops']['counted']['full'] / 1e9:9.3f} "
+                  f"{mode:>10s} {t['median_ms']:10.2f} {t['p90_ms']:9.2f} {roof['roofline_ms']:8.3f} "
+                  f"{roof['measured_over_roofline'][mode]:7.1f} {c['query_hz']:8.2f} {act}")
+    if res["models"]:
+        p = res["models"][0]["roofline"]["peaks"]
+        print(f"roofline: peak matmul {p['matmul_tflops'] * 1e3:.1f} GFLOP/s, copy {p['bandwidth_gb_s']:.1f} GB/s "
+              f"({'cached' if p['from_cache'] else 'measured now'}: {p['key']}); bytes moved = weights read once per forward")
 
 
 COMMANDS.register("bench")(BenchCommand)
