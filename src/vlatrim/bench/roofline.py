@@ -116,11 +116,11 @@ def measure_peaks(device: torch.device, dtype: torch.dtype = torch.float32, repe
         device: where to measure.
         dtype: matmul and copy dtype (the model's).
         repeats: timed repeats of each (median reported), after 3 warm-up calls.
-        matmul_n: matrix size (default 8192 on CUDA, 1024 on the CPU).
+        matmul_n: matrix size (default 8192 on CUDA, 2048 on the CPU).
         copy_bytes: copied buffer size (default 1 GiB on CUDA, 256 MiB on the CPU: beyond the caches).
     """
     gpu = device.type == "cuda"
-    n = matmul_n or (8192 if gpu else 1024)
+    n = matmul_n or (8192 if gpu else 2048)
     nbytes = copy_bytes or ((1 << 30) if gpu else (256 << 20))
     with torch.no_grad():
         t_mm = _time_matmul(n, device, dtype, repeats)
