@@ -1,4 +1,4 @@
-"""Wall-clock latency of a callable: warm-up, then the median of timed repeats."""
+"""Wall-clock latency of a callable: warm-up, then the median (and p90) of timed repeats."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ class LatencyResult:
     repeats: int  # number of timed repeats
     warmup: int  # untimed calls before timing
     samples_ms: list[float] = field(default_factory=list)  # every timed repeat, in order
+    p90_ms: float | None = None  # 90th percentile (linear interpolation between order statistics)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``samples``, interpolating linearly between order statistics
+    (numpy's default): for n samples, position ``(n - 1) * q / 100`` in the sorted list."""
+    if not samples:
+        raise ValueError("percentile of no samples")
+    s = sorted(samples)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def _sync(device: torch.device | str | None) -> None:
@@ -56,4 +69,4 @@ def _timed(fn: Callable[[], object], warmup: int, repeats: int, device: torch.de
         fn()
         _sync(device)
         samples.append((time.perf_counter() - t0) * 1e3)
-    return LatencyResult(statistics.median(samples), min(samples), repeats, warmup, samples)
+    return LatencyResult(statistics.median(samples), min(samples), repeats, warmup, samples, percentile(samples, 90))

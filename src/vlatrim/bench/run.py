@@ -30,6 +30,7 @@ from vlatrim.bench.latency import measure_latency
 from vlatrim.bench.memory import peak_memory, weight_bytes
 from vlatrim.bench.modes import MODES, ModeUnavailable
 from vlatrim.bench.params import count_params, params_by_component
+from vlatrim.bench.roofline import forward_weight_bytes, get_peaks, peaks_entry, roofline, with_measured
 from vlatrim.errors import VlatrimError
 from vlatrim.utils.device import resolve_device
 from vlatrim.utils.io import read_json, write_json_atomic
@@ -107,7 +108,8 @@ def _time_modes(fn: Callable[[], object], modes: Sequence[str], device: torch.de
             out[mode] = {"skipped": str(e)}
             continue
         r = measure_latency(runner, warmup=warmup, repeats=repeats, device=device)
-        out[mode] = {"median_ms": r.median_ms, "min_ms": r.min_ms, "repeats": r.repeats, "warmup": r.warmup}
+        out[mode] = {"median_ms": r.median_ms, "p90_ms": r.p90_ms, "min_ms": r.min_ms, "repeats": r.repeats,
+                     "warmup": r.warmup}
     return out
 
 
@@ -121,7 +123,8 @@ def _prune_info(path: Path) -> dict[str, Any] | None:
 
 
 def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int = 1, modes: Sequence[str] = ("eager",),
-                warmup: int = 5, repeats: int = 20, seq_len: int = 64, seed: int = 0) -> dict[str, Any]:
+                warmup: int = 5, repeats: int = 20, seq_len: int = 64, seed: int = 0,
+                remeasure_peaks: bool = False) -> dict[str, Any]:
     """Measure one checkpoint (see the module docstring).
 
     Args:
@@ -133,6 +136,7 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
         repeats: timed calls (the median is reported).
         seq_len: tokens per sequence for a text model (a VLA's sequence comes from its config).
         seed: seed of the synthetic inputs.
+        remeasure_peaks: measure the device's roofline peaks again instead of reading the cache.
     Returns:
         One entry of bench.json's ``models``.
     """
@@ -173,6 +177,12 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
         "memory": _memory_entry(mem, weight_bytes(model), device),
     }
     entry["control"] = _control(latency["full"], seq.get("chunk_size"), batch_size)
+    peaks, cached = get_peaks(device, next(model.parameters()).dtype, remeasure=remeasure_peaks)
+    entry["roofline"] = {"peaks": peaks_entry(peaks, cached),
+                         "full": with_measured(roofline(flops_full["total"], forward_weight_bytes(model), peaks),
+                                               latency["full"]),
+                         "backbone": with_measured(roofline(flops_backbone["total"], forward_weight_bytes(handle.owner),
+                                                            peaks), latency["backbone"])}
     return entry
 
 
@@ -198,7 +208,8 @@ def _control(full: dict[str, Any], chunk: int | None, batch_size: int) -> dict[s
             continue
         hz = 1e3 / r["median_ms"]
         out[mode] = {"query_hz": hz, "actions_per_s": hz * chunk if chunk else None,
-                     "env_steps_per_s_all_envs": hz * chunk * batch_size if chunk else None}
+                     "env_steps_per_s_all_envs": hz * chunk * batch_size if chunk else None,
+                     "query_hz_p90": 1e3 / r["p90_ms"] if r.get("p90_ms") else None}
     return out
 
 
@@ -221,7 +232,8 @@ def _ratios(models: list[dict[str, Any]]) -> None:
 
 def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, device: str = "cpu", batch_size: int = 1,
               compile: bool = False, cuda_graphs: bool = False, warmup: int = 5, repeats: int = 20,
-              seq_len: int = 64, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+              seq_len: int = 64, threads: int | None = None, progress: bool = True,
+              remeasure_peaks: bool = False) -> dict[str, Any]:
     """Benchmark several checkpoints in one run and write ``<out>/bench.json`` atomically.
 
     Args:
@@ -236,6 +248,7 @@ def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, devic
         seq_len: tokens per sequence for text models.
         threads: torch CPU threads (default: torch's).
         progress: tqdm bar over models.
+        remeasure_peaks: measure the roofline peaks again (else the per-device cache, measured on first use).
     Returns:
         The bench.json content.
     """
@@ -260,8 +273,8 @@ def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, devic
                      "show up in CPU latency; min_ms is the least disturbed figure")
         if cuda_graphs:
             notes.append("CUDA graphs skipped: no CUDA device")
-    entries = [bench_model(m, dev, batch_size, modes, warmup, repeats, seq_len)
-               for m in tqdm(list(models), desc="bench", unit="model", disable=not progress)]
+    entries = [bench_model(m, dev, batch_size, modes, warmup, repeats, seq_len, remeasure_peaks=remeasure_peaks and i == 0)
+               for i, m in enumerate(tqdm(list(models), desc="bench", unit="model", disable=not progress))]
     _ratios(entries)
     result = {
         "schema_version": BENCH_SCHEMA_VERSION,
