@@ -26,3 +26,9 @@ def llama_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("src") / "llama"
     TINY_MODELS.get("llama")().save_pretrained(d)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _vlatrim_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Device peaks measured by bench tests are cached in a temporary directory, not the user's cache."""
+    monkeypatch.setenv("VLATRIM_CACHE_DIR", str(tmp_path_factory.mktemp("vlatrim-cache")))  # one per test

@@ -50,6 +50,7 @@ def test_forward_weight_bytes_skips_lookup_tables_but_not_tied_heads() -> None:
 
 
 def test_peaks_cache_round_trip_invalidation_and_remeasure(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("VLATRIM_CACHE_DIR", raising=False)  # the XDG location is what is tested here
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
 
@@ -96,6 +97,7 @@ def test_bench_json_has_roofline_and_p90(tmp_path, monkeypatch, capsys) -> None:
     from vlatrim.cli.main import main
     from vlatrim.models.reference import ReferenceVLA, VLAConfig
 
+    monkeypatch.delenv("VLATRIM_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(rl, "measure_peaks", lambda device, dtype, **kw: Peaks(1e12, 1e11, peaks_key(device, dtype),
                                                                                 "fixed", "now"))

@@ -104,7 +104,7 @@ def test_resolve_keep_refuses_bad_cuts() -> None:
 
 @pytest.fixture
 def fixed_peaks(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VLATRIM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(rl, "measure_peaks", lambda device, dtype, **kw: Peaks(1e12, 1e11, peaks_key(device, dtype),
                                                                                 "fixed", "now"))
 

@@ -74,6 +74,9 @@ def peaks_key(device: torch.device, dtype: torch.dtype, threads: int | None = No
 
 
 def cache_path() -> Path:
+    """``$VLATRIM_CACHE_DIR/roofline.json`` if set, else ``<$XDG_CACHE_HOME or ~/.cache>/vlatrim/roofline.json``."""
+    if os.environ.get("VLATRIM_CACHE_DIR"):
+        return Path(os.environ["VLATRIM_CACHE_DIR"]) / CACHE_FILE
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "vlatrim" / CACHE_FILE
 
