@@ -70,6 +70,10 @@ class StudyCommand:
             methods=_items(self.methods),
             episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
             eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
+        if self.data is not None:  # a damaged dataset is refused before the study writes anything
+            from vlatrim.data.lerobot import LeRobotDataset
+
+            LeRobotDataset(self.data)
         study = run_study(cfg, self.out, data=self.data, resume=self.resume)
         print(summary_table(study))
         print(f"wrote {self.out}/study.json and {self.out}/report.html")
