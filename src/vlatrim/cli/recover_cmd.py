@@ -101,6 +101,10 @@ class RecoverCommand:
             self.method, steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
             grad_accum=self.grad_accum, seed=self.seed, checkpoint_every=self.checkpoint_every,
             log_every=self.log_every, device=self.device, mixed_precision=self.mixed_precision)
+        if not self.resume:  # the dataset and the batch it must fill, before the run directory is written
+            from vlatrim.data.frames import check_batch_fits
+
+            check_batch_fits(self.data, trainer.batch_size, trainer.grad_accum, self.val_fraction)
         summary = recover(self.model, self.data, self.out, settings=settings, trainer=trainer, teacher=self.teacher,
                           resume=self.resume)
         if summary:

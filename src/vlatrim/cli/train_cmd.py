@@ -49,13 +49,16 @@ class TrainCommand:
     """Continue the run in --out from its newest checkpoint (flags given must match the run's)."""
 
     def run(self) -> None:
-        from vlatrim.train.run import train_reference
+        from vlatrim.data.frames import check_batch_fits
+        from vlatrim.train.run import resolve_run_config, train_reference
 
-        summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume,
-                                  backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                                  seed=self.seed, device=self.device,
-                                  mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every,
-                                  use_state=self.state, conv_keypoints=self.keypoints)
+        overrides = dict(backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                         seed=self.seed, device=self.device, mixed_precision=self.mixed_precision,
+                         checkpoint_every=self.checkpoint_every, use_state=self.state, conv_keypoints=self.keypoints)
+        if not self.resume:  # the dataset and the batch it must fill, before the run directory is written
+            cfg = resolve_run_config(self.preset, dict(overrides))
+            check_batch_fits(self.data, cfg["trainer"]["batch_size"], cfg["trainer"]["grad_accum"], cfg["val_fraction"])
+        summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume, **overrides)
         if summary:
             held = summary.get("held_out")
             err = f", held-out action L1 {held['l1']:.4f}" if held else ""
