@@ -634,7 +634,8 @@ def _read_meta_json(root: Path, rel: str, required: bool = True) -> dict[str, An
 
 
 def _json_kind(value: Any) -> str:
-    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), "null")
 
 
 def _check_template(root: Path, key: str, template: Any) -> str:
@@ -673,8 +674,8 @@ def _inside(root: Path, rel: str, what: str) -> Path:
 def _check_features(root: Path, features: Any) -> dict[str, dict[str, Any]]:
     where = f"meta/info.json in dataset {str(root)!r}"
     if not isinstance(features, dict) or not features:
-        raise VlatrimError(f"{where} has features {_json_kind(features) if features else 'empty'}; expected an object "
-                           "mapping feature names to {dtype, shape}")
+        got = f"features as a JSON {_json_kind(features)}" if features else "no features"
+        raise VlatrimError(f"{where} has {got}; expected an object mapping feature names to {{dtype, shape}}")
     for key, ft in features.items():
         if not isinstance(ft, dict) or not isinstance(ft.get("dtype"), str):
             raise VlatrimError(f"{where}: feature {key!r} is {ft!r}; expected an object with a dtype string and a shape list")
