@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
@@ -55,7 +56,10 @@ class TrainCommand:
         overrides = dict(backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                          seed=self.seed, device=self.device, mixed_precision=self.mixed_precision,
                          checkpoint_every=self.checkpoint_every, use_state=self.state, conv_keypoints=self.keypoints)
-        if not self.resume:  # the dataset and the batch it must fill, before the run directory is written
+        out = Path(self.out)
+        if not self.resume and not (out.is_dir() and any(out.iterdir())):
+            # The dataset and the batch it must fill, before the run directory is written (a non-empty --out
+            # is train_reference's to refuse first).
             cfg = resolve_run_config(self.preset, dict(overrides))
             check_batch_fits(self.data, cfg["trainer"]["batch_size"], cfg["trainer"]["grad_accum"], cfg["val_fraction"])
         summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume, **overrides)
