@@ -58,6 +58,11 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
         SCORERS.get(n)
     if num_batches < 1 or batch_size < 1:
         raise VlatrimError(f"--batches {num_batches} and --batch-size {batch_size} must be >= 1")
+    bad = [p for p in pathways if p not in PATHWAYS]
+    if bad or not pathways:
+        raise VlatrimError(f"--pathways {' '.join(bad) or '(none)'} is not valid; valid: {', '.join(PATHWAYS)}")
+    # Every scorer's options, checked before any scorer runs (a bad one would otherwise fail after the others).
+    instances = {n: SCORERS.get(n)(**(options or {}).get(n, {})) for n in scorers}
     if Path(out).exists():
         raise VlatrimError(f"output directory {out!r} already exists; choose a new --out or remove it")
     family = family_of(model_path)
@@ -65,9 +70,20 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     if not any(Path(model_path).glob("*.safetensors")):
         raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")
     model = family.load(Path(model_path), device=device).eval()
-    cal = calibration(family, model, data, num_batches, batch_size, seed)
     handle = family.handle(model, blocks_path)
-    present = tuple(p for p, lists in family.pathways(model, handle).items() if lists and p in pathways)
+    have = {p: lists for p, lists in family.pathways(model, handle).items() if lists}
+    present = tuple(p for p in have if p in pathways)
+    if not present:
+        raise VlatrimError(f"--pathways {' '.join(pathways)}: the {family.name} model has none of them; "
+                           f"valid here: {', '.join(have)}")
+    for n, scorer in instances.items():  # a span longer than a scored block list (angular)
+        span = getattr(scorer, "span", None)
+        if scorer.unit == "block" and isinstance(span, int):
+            for bl in (bl for p in present for bl in have[p]):
+                if span > len(bl):
+                    raise VlatrimError(f"{n} span={span} (--angular-span) is longer than {bl.path} ({len(bl)} blocks); "
+                                       f"valid: 1..{min(len(b) for p in present for b in have[p])}")
+    cal = calibration(family, model, data, num_batches, batch_size, seed)
     ctx = ScoringContext(model=model, handle=handle, batches=cal.batches, loss=cal.loss, pathways=present,
                          instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress,
                          position_mask=lambda batch: family.position_mask(model, batch))

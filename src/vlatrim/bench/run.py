@@ -14,6 +14,7 @@ A transformers text model gets the backbone forward (``--seq-len`` random tokens
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
 import os
@@ -52,6 +53,29 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _max_positions(config: Any) -> int | None:
+    """The longest sequence a text model's config allows (learned positions: beyond it, an index error)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _config_positions(path: Path) -> tuple[int, str] | None:
+    """(positions, where) of a text model's config.json (top level or ``text_config``), or None. A
+    policy's config (the reference VLA's nests its backbone) has none at the top level: --seq-len does
+    not apply to it."""
+    with contextlib.suppress(VlatrimError, OSError, ValueError):  # unreadable: the model's loader says why
+        cfg = read_json(path / "config.json", "model config")
+        for where, c in (("", cfg), ("text_config.", cfg.get("text_config") if isinstance(cfg, dict) else None)):
+            for name in ("max_position_embeddings", "n_positions"):
+                v = c.get(name) if isinstance(c, dict) else None
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                    return v, f"its config's {where}{name}"
+    return None
+
+
 def _forwards(family: Any, model: nn.Module, handle: Any, batch_size: int, seq_len: int, device: torch.device,
               seed: int) -> tuple[Callable[[], object], Callable[[], object], dict[str, Any]]:
     """(full forward, backbone-only forward, sequence description) on fixed synthetic inputs."""
@@ -80,6 +104,10 @@ def _forwards(family: Any, model: nn.Module, handle: Any, batch_size: int, seq_l
         seq = {"tokens": int(captured["inputs_embeds"].shape[1]), **family.sequence_info(model)}
         seq.setdefault("chunk_size", None)
     else:  # a transformers text model: random tokens
+        positions = _max_positions(handle.config)
+        if positions is not None and seq_len > positions:
+            raise VlatrimError(f"--seq-len {seq_len} is more than the {positions} positions of {family.name} model "
+                               f"{type(model).__name__}; valid: 1..{positions}")
         vocab = int(handle.vocab_size)
         ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(device)
         emb = model.get_submodule(handle.embedding_path) if handle.embedding_path else owner.get_input_embeddings()
@@ -230,6 +258,34 @@ def _ratios(models: list[dict[str, Any]]) -> None:
         m["relative_to_first"] = r
 
 
+def _check_out(out: Path, models: Sequence[str | os.PathLike]) -> None:
+    """Refuse an ``--out`` that bench.json could not be written into, before any model is measured."""
+    text = str(out)
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        anchor = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+        limit = os.pathconf(anchor if anchor.is_dir() else anchor.parent, "PC_NAME_MAX")
+    long = next((part for part in out.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise VlatrimError(f"--out {text[:60] + '...' if len(text) > 60 else text!r} has a {len(os.fsencode(long))}-byte "
+                           f"name; valid: names of at most {limit} bytes")
+    if out.exists() and not out.is_dir():
+        raise VlatrimError(f"--out {text!r} is a file; valid: a directory (new or existing) to write bench.json into")
+    resolved = out.resolve()
+    for m in models:
+        src = Path(m).resolve()
+        if resolved == src or src in resolved.parents:
+            raise VlatrimError(f"--out {text!r} is inside the checkpoint --model {str(m)!r}; valid: a directory outside "
+                               "every input checkpoint (bench never writes into a model)")
+    # The nearest existing folder decides whether the missing ones (and bench.json) can be created.
+    anchor = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not anchor.is_dir():
+        raise VlatrimError(f"--out {text!r} lies under {str(anchor)!r}, which is a file; valid: a directory path")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise VlatrimError(f"--out {text!r} cannot be written: {str(anchor)!r} is not writable; valid: a directory "
+                           "you can write to")
+
+
 def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, device: str = "cpu", batch_size: int = 1,
               compile: bool = False, cuda_graphs: bool = False, warmup: int = 5, repeats: int = 20,
               seq_len: int = 64, threads: int | None = None, progress: bool = True,
@@ -259,10 +315,18 @@ def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, devic
     if batch_size < 1 or repeats < 1 or warmup < 0 or seq_len < 1:
         raise VlatrimError(f"need --batch-size >= 1, --repeats >= 1, --warmup >= 0, --seq-len >= 1; got "
                            f"{batch_size}, {repeats}, {warmup}, {seq_len}")
+    if threads is not None and threads < 1:
+        raise VlatrimError(f"--threads {threads} is not valid; valid: a number of CPU threads >= 1 (or omit it)")
     dev = resolve_device(device)
     for m in models:
         if not (Path(m) / "config.json").is_file():
             raise VlatrimError(f"--model {str(m)!r} is not a checkpoint directory (no config.json)")
+    _check_out(Path(out), models)
+    for m in models:  # before any model loads; _forwards checks the loaded model's config again
+        limit = _config_positions(Path(m))
+        if limit is not None and seq_len > limit[0]:
+            raise VlatrimError(f"--seq-len {seq_len} is more than the {limit[0]} positions of --model {str(m)!r} "
+                               f"({limit[1]}); valid: 1..{limit[0]}")
     if threads is not None:
         torch.set_num_threads(threads)
     modes = ["eager"] + (["compile"] if compile else []) + (["cuda_graph"] if cuda_graphs else [])
@@ -285,5 +349,9 @@ def run_bench(models: Sequence[str | os.PathLike], out: str | os.PathLike, devic
         "notes": notes,
         "models": entries,
     }
-    write_json_atomic(Path(out) / BENCH_FILE, result)
+    try:
+        write_json_atomic(Path(out) / BENCH_FILE, result)
+    except OSError as e:  # e.g. a read-only file system, which permission bits do not show
+        raise VlatrimError(f"--out {str(out)!r} cannot be written ({e.strerror or e}); valid: a directory you can "
+                           "write to") from None
     return result

@@ -49,7 +49,11 @@ class AnalyzeCommand:
     def run(self) -> None:
         apply_threads(self.threads)
         from vlatrim.analyze.api import analyze
+        from vlatrim.errors import VlatrimError
 
+        if self.angular_span < 1:
+            raise VlatrimError(f"--angular-span {self.angular_span} is not valid; valid: a block count >= 1 (at most the "
+                               "number of blocks in a scored block list)")
         res = analyze(self.model, self.data, self.out, self.scorers, self.batches, self.batch_size, self.pathways,
                       self.blocks_path, self.seed, {"angular": {"span": self.angular_span, "position": self.angular_position}}
                       if "angular" in self.scorers else None, self.device)

@@ -85,6 +85,28 @@ class RecoverCommand:
     """torch CPU threads. Default: the cores free when the command starts (with another job keeping one of
     2 cores busy that is 1 thread, which trains faster there than torch's default of 2)."""
 
+    def _reaches_the_data(self) -> bool:
+        """Whether a new run gets past recover()'s own earlier refusals (teacher, --out, the model's family and
+        --method) to the dataset: only then is the batch checked here, so those keep their precedence."""
+        from pathlib import Path
+
+        from vlatrim.errors import VlatrimError
+        from vlatrim.families import family_of
+        from vlatrim.train.recovery import RECOVERY_METHODS
+
+        out = Path(self.out)
+        if self.resume or (out.is_dir() and any(out.iterdir())):
+            return False
+        if RECOVERY_METHODS.get(self.method).needs_teacher != (self.teacher is not None):
+            return False
+        if not (Path(self.model) / "config.json").is_file():
+            return False
+        try:
+            family = family_of(self.model)
+        except VlatrimError:
+            return False
+        return family.trains_policies and self.method in family.recovery_methods
+
     def run(self) -> None:
         apply_threads(self.threads)
         from vlatrim.train.recovery import (
@@ -107,6 +129,10 @@ class RecoverCommand:
             self.method, steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
             grad_accum=self.grad_accum, seed=self.seed, checkpoint_every=self.checkpoint_every,
             log_every=self.log_every, device=self.device, mixed_precision=self.mixed_precision)
+        if self._reaches_the_data():  # the dataset and the batch it must fill, before the run directory is written
+            from vlatrim.data.frames import check_batch_fits
+
+            check_batch_fits(self.data, trainer.batch_size, trainer.grad_accum, self.val_fraction)
         summary = recover(self.model, self.data, self.out, settings=settings, trainer=trainer, teacher=self.teacher,
                           resume=self.resume)
         if summary:

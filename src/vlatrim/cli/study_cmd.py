@@ -90,6 +90,11 @@ class StudyCommand:
             episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
             recover_budgets=_floats(self.recover_budgets, "--recover-budgets"),
             eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
+        for d in (self.data, self.target_data):
+            if d is not None:  # a damaged dataset is refused before the study writes anything
+                from vlatrim.data.lerobot import LeRobotDataset
+
+                LeRobotDataset(d)
         study = run_study(cfg, self.out, data=self.data, resume=self.resume, target_data=self.target_data)
         print(summary_table(study))
         print(f"wrote {self.out}/study.json and {self.out}/report.html")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
@@ -55,13 +56,19 @@ class TrainCommand:
 
     def run(self) -> None:
         apply_threads(self.threads)
-        from vlatrim.train.run import train_reference
+        from vlatrim.data.frames import check_batch_fits
+        from vlatrim.train.run import resolve_run_config, train_reference
 
-        summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume,
-                                  backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                                  seed=self.seed, device=self.device,
-                                  mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every,
-                                  use_state=self.state, conv_keypoints=self.keypoints)
+        overrides = dict(backbone=self.backbone, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                         seed=self.seed, device=self.device, mixed_precision=self.mixed_precision,
+                         checkpoint_every=self.checkpoint_every, use_state=self.state, conv_keypoints=self.keypoints)
+        out = Path(self.out)
+        if not self.resume and not (out.is_dir() and any(out.iterdir())):
+            # The dataset and the batch it must fill, before the run directory is written (a non-empty --out
+            # is train_reference's to refuse first).
+            cfg = resolve_run_config(self.preset, dict(overrides))
+            check_batch_fits(self.data, cfg["trainer"]["batch_size"], cfg["trainer"]["grad_accum"], cfg["val_fraction"])
+        summary = train_reference(self.data, self.out, preset=self.preset, resume=self.resume, **overrides)
         if summary:
             held = summary.get("held_out")
             err = f", held-out action L1 {held['l1']:.4f}" if held else ""

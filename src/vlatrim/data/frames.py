@@ -109,11 +109,15 @@ def split_episodes(frames: DemoFrames, val_fraction: float) -> tuple[list[int], 
     Returns:
         (train episode indices, held-out episode indices).
     """
+    return _split(frames.episode_index, frames.task_index, val_fraction)
+
+
+def _split(episode_index: np.ndarray, task_index: np.ndarray, val_fraction: float) -> tuple[list[int], list[int]]:
     if not 0.0 <= val_fraction < 1.0:
         raise VlatrimError(f"val_fraction={val_fraction} must be in [0, 1)")
     train, val = [], []
-    ep, first = np.unique(frames.episode_index, return_index=True)
-    task_of_ep = frames.task_index[first]
+    ep, first = np.unique(episode_index, return_index=True)
+    task_of_ep = task_index[first]
     for task in np.unique(task_of_ep):
         eps = sorted(ep[task_of_ep == task].tolist())
         k = int(round(val_fraction * len(eps)))
@@ -123,6 +127,32 @@ def split_episodes(frames: DemoFrames, val_fraction: float) -> tuple[list[int], 
         train += eps[: len(eps) - k]
         val += eps[len(eps) - k:]
     return sorted(train), sorted(val)
+
+
+def training_samples(path: str | os.PathLike, val_fraction: float) -> int:
+    """How many behaviour-cloning samples ``split_episodes`` leaves for training in a dataset: one per frame
+    of the training episodes. Reads the dataset's columns only (no image is decoded), so verbs can check
+    a batch size against it before they write anything.
+
+    Raises:
+        VlatrimError: not a dataset, or a damaged one (named by the reader).
+    """
+    from vlatrim.data.lerobot import LeRobotDataset
+
+    ds = LeRobotDataset(path)
+    train, _ = _split(ds.episode_index, ds.task_index, val_fraction)
+    return int(np.isin(ds.episode_index, np.asarray(train, dtype=ds.episode_index.dtype)).sum())
+
+
+def check_batch_fits(path: str | os.PathLike, batch_size: int, grad_accum: int, val_fraction: float) -> None:
+    """Refuse a batch (per gradient-accumulation step) larger than the training samples of ``path``."""
+    n = training_samples(path, val_fraction)
+    micro = batch_size // max(grad_accum, 1)
+    if micro > n:
+        per = f" / --grad-accum {grad_accum} = {micro}" if grad_accum > 1 else ""
+        raise VlatrimError(f"--batch-size {batch_size}{per} exceeds the {n} training samples of --data {str(path)!r} "
+                           f"(the frames of its training episodes; held-out episodes excluded); valid: "
+                           f"1..{n * max(grad_accum, 1)}")
 
 
 class ChunkDataset(Dataset):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vlatrim.errors import VlatrimError
-from vlatrim.utils.io import read_json, write_json_atomic
+from vlatrim.utils.io import write_json_atomic
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -596,6 +597,106 @@ def _hwc_shape(ft: Mapping[str, Any]) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+
+# Placeholders each path template of info.json may use (LeRobot's own templates use exactly these).
+TEMPLATE_FIELDS = {"data_path": ("chunk_index", "file_index"), "video_path": ("video_key", "chunk_index", "file_index")}
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (pyarrow's and Pillow's messages run over lines)."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _read_meta_json(root: Path, rel: str, required: bool = True) -> dict[str, Any] | None:
+    """A JSON object from ``root / rel``, refusing a missing file (when ``required``), bytes that are not
+    UTF-8, malformed JSON and any value that is not an object, each in one line naming the file."""
+    path = root / rel
+    if not path.is_file():
+        if not required:
+            return None
+        raise VlatrimError(f"dataset {str(root)!r} has no {rel} (not a LeRobot v3 dataset directory)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise VlatrimError(f"{rel} in dataset {str(root)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                           f"offset {e.start}); expected a JSON object") from None
+    except OSError as e:
+        raise VlatrimError(f"{rel} in dataset {str(root)!r} cannot be read ({e.strerror or _one_line(e)})") from None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        where = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        raise VlatrimError(f"{rel} in dataset {str(root)!r} is not valid JSON ({where}); expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise VlatrimError(f"{rel} in dataset {str(root)!r} holds a JSON {_json_kind(value)}; expected a JSON object")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), "null")
+
+
+def _check_template(root: Path, key: str, template: Any) -> str:
+    """A path template of info.json (``data_path`` / ``video_path``): a string whose placeholders are the
+    ones LeRobot defines and whose paths stay inside the dataset directory."""
+    valid = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS[key])
+    where = f"meta/info.json in dataset {str(root)!r}"
+    if not isinstance(template, str) or not template:
+        raise VlatrimError(f"{where} has {key} {template!r}; expected a relative path template using {valid}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise VlatrimError(f"{where} has {key} {template!r}, which is not a path template ({e}); valid "
+                           f"placeholders: {valid}") from None
+    bad = [f for f in fields if f not in TEMPLATE_FIELDS[key]]
+    if bad:
+        raise VlatrimError(f"{where} has {key} {template!r} with unknown placeholder {{{bad[0]}}}; valid: {valid}")
+    try:
+        example = template.format(video_key="observation.images.x", chunk_index=0, file_index=0)
+    except (ValueError, TypeError, IndexError, KeyError) as e:
+        raise VlatrimError(f"{where} has {key} {template!r}, which cannot be filled in ({_one_line(e)}); valid "
+                           f"placeholders: {valid}, with integer formats such as {{chunk_index:03d}}") from None
+    _inside(root, example, f"{where}: {key} {template!r}")
+    return template
+
+
+def _inside(root: Path, rel: str, what: str) -> Path:
+    """``root / rel``, refusing a path that is absolute or climbs out of ``root`` (``..``)."""
+    norm = os.path.normpath(rel)
+    if os.path.isabs(rel) or os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
+        raise VlatrimError(f"{what} leads outside the dataset directory; every path a dataset names must be "
+                           "relative and stay inside it")
+    return root / norm
+
+
+def _check_features(root: Path, features: Any) -> dict[str, dict[str, Any]]:
+    where = f"meta/info.json in dataset {str(root)!r}"
+    if not isinstance(features, dict) or not features:
+        got = f"features as a JSON {_json_kind(features)}" if features else "no features"
+        raise VlatrimError(f"{where} has {got}; expected an object mapping feature names to {{dtype, shape}}")
+    for key, ft in features.items():
+        if not isinstance(ft, dict) or not isinstance(ft.get("dtype"), str):
+            raise VlatrimError(f"{where}: feature {key!r} is {ft!r}; expected an object with a dtype string and a shape list")
+        shape = ft.get("shape", [1])
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise VlatrimError(f"{where}: feature {key!r} has shape {shape!r}; expected a list of non-negative integers")
+        try:
+            np.dtype(ft["dtype"]) if ft["dtype"] not in ("image", "video", "string") else None
+        except TypeError:
+            raise VlatrimError(f"{where}: feature {key!r} has dtype {ft['dtype']!r}; expected image, video, string or a "
+                               "numpy type name such as float32") from None
+    return features
+
+
+def _check_fps(root: Path, fps: Any) -> float:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+        raise VlatrimError(f"meta/info.json in dataset {str(root)!r} has fps {fps!r}; expected a positive number of "
+                           "frames per second")
+    return fps
+
+
 class LeRobotDataset:
     """Read a LeRobotDataset v3.0 directory whose images are PNGs in the parquet or MP4 videos.
 
@@ -626,13 +727,18 @@ class LeRobotDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise VlatrimError(f"dataset directory {str(self.root)!r} does not exist")
-        info = read_json(self.root / INFO_PATH, "LeRobot dataset info")
+        info = _read_meta_json(self.root, INFO_PATH)
         version = str(info.get("codebase_version", "?"))
         if not version.startswith("v3."):
             raise VlatrimError(f"dataset {str(self.root)!r} has codebase_version {version!r}; vlatrim reads v3.x (convert it with LeRobot's v2.1 -> v3.0 script)")
         self.info: dict[str, Any] = info
-        self.features: dict[str, dict[str, Any]] = info.get("features") or {}
-        self.fps = int(info.get("fps", 0))
+        self.features: dict[str, dict[str, Any]] = _check_features(self.root, info.get("features"))
+        fps = _check_fps(self.root, info.get("fps"))
+        self.fps = int(fps) if float(fps).is_integer() else fps
+        # Path templates: checked even where the reader finds files itself (data/ is globbed), so a
+        # dataset that names a path outside its directory is refused whatever reads it.
+        self._templates = {key: _check_template(self.root, key, info[key])
+                           for key in TEMPLATE_FIELDS if info.get(key) is not None}
         self.image_key = self._pick_image_key(image_key)
         self.image_is_video = self.features[self.image_key].get("dtype") == "video"
         self.image_shape = _hwc_shape(self.features[self.image_key])
@@ -655,17 +761,21 @@ class LeRobotDataset:
         numeric = [k for k, ft in self.features.items() if ft.get("dtype") not in ("image", "video", "string")]
         tables = []
         for f in files:
-            names = set(pq.read_schema(f).names)
+            names = set(self._parquet(f, pq.read_schema).names)
             for key in numeric if self.image_is_video else [*numeric, self.image_key]:
                 if key not in names:
                     raise VlatrimError(f"feature {key!r} is declared in info.json but missing from {f.relative_to(self.root)}")
-            tables.append(pq.read_table(f, columns=numeric))
-        table = pa.concat_tables(tables)
+            tables.append(self._parquet(f, pq.read_table, columns=numeric))
+        table = self._parquet(self.root / "data", lambda _: pa.concat_tables(tables))
         self.num_frames = table.num_rows
         self._columns: dict[str, np.ndarray] = {}
         for key in numeric:
             ft = self.features[key]
-            self._columns[key] = _column_to_numpy(table[key], key, ft["dtype"], tuple(ft["shape"]))
+            try:
+                self._columns[key] = _column_to_numpy(table[key], key, ft["dtype"], tuple(ft["shape"]))
+            except (pa.ArrowException, ValueError) as e:  # values a damaged file decodes to (nulls, odd lengths)
+                raise VlatrimError(f"feature {key!r} in the data files of dataset {str(self.root)!r} cannot be read "
+                                   f"({_one_line(e)}); expected {ft['dtype']}{list(ft['shape'])} per frame") from None
         # Row offsets of each data file, to find a frame's image without loading them all.
         self._offsets = np.cumsum([0] + [t.num_rows for t in tables])
         self._image_cache: dict[int, pa.Array] = {}
@@ -680,6 +790,18 @@ class LeRobotDataset:
             self._video_paths, self._video_from = self._video_index()
 
     # -- set-up ------------------------------------------------------------------------------------
+    def _parquet(self, path: Path, read: Any, **kw: Any) -> Any:
+        """``read(path, **kw)``, with a damaged or unreadable parquet file refused in one line naming it."""
+        try:
+            result = read(path, **kw)
+            if isinstance(result, (pa.Table, pa.Schema)):
+                _ = result.schema.names if isinstance(result, pa.Table) else result.names  # decoded here, not later
+            return result
+        except (pa.ArrowException, OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+            rel = path.relative_to(self.root) if path.is_relative_to(self.root) else path
+            raise VlatrimError(f"{str(rel)!r} in dataset {str(self.root)!r} is not a readable parquet file "
+                               f"({_one_line(e)}); regenerate or re-download the dataset") from None
+
     def _pick_image_key(self, image_key: str | None) -> str:
         cams = [k for k, ft in self.features.items() if k.startswith(IMAGE_PREFIX)]
         if image_key is None:
@@ -698,17 +820,30 @@ class LeRobotDataset:
         path = self.root / TASKS_PATH
         if not path.is_file():
             raise VlatrimError(f"dataset {str(self.root)!r} has no {TASKS_PATH}")
-        t = pq.read_table(path)
+        t = self._parquet(path, pq.read_table)
         text_col = next((c for c in ("task", "__index_level_0__") if c in t.column_names), None)
         if text_col is None or "task_index" not in t.column_names:
             raise VlatrimError(f"{TASKS_PATH} in {str(self.root)!r} needs a task text index and a task_index column; has {t.column_names}")
+        if not pa.types.is_integer(t["task_index"].type) or t["task_index"].null_count:
+            raise VlatrimError(f"{TASKS_PATH} in {str(self.root)!r} has task_index of type {t['task_index'].type} with "
+                               f"{t['task_index'].null_count} nulls; expected integers")
         idx = t["task_index"].to_numpy()
-        texts = t[text_col].to_pylist()
+        try:
+            texts = t[text_col].to_pylist()
+        except (pa.ArrowException, UnicodeDecodeError, ValueError) as e:
+            raise VlatrimError(f"{TASKS_PATH} in {str(self.root)!r} holds task texts that cannot be read "
+                               f"({type(e).__name__}: {_one_line(e)}); expected UTF-8 strings") from None
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(idx) + 1_000_000):
+            bad = int(idx.min() if idx.min() < 0 else idx.max())
+            raise VlatrimError(f"{TASKS_PATH} in {str(self.root)!r} has task_index {bad}; expected 0, 1, ... (one per task)")
         out = [""] * (int(idx.max()) + 1 if len(idx) else 0)
         for i, text in zip(idx.tolist(), texts):
+            if not isinstance(text, str):
+                raise VlatrimError(f"{TASKS_PATH} in {str(self.root)!r} has task {i} of {type(text).__name__} "
+                                   f"{text!r}; expected the task's text")
             out[i] = text
         used = np.unique(self._columns["task_index"]) if "task_index" in self._columns else []
-        missing = [int(i) for i in used if i >= len(out) or not out[i]]
+        missing = [int(i) for i in used if not 0 <= i < len(out) or not out[i]]
         if missing:
             raise VlatrimError(f"task_index {missing[0]} in {str(self.root)!r} has no entry in {TASKS_PATH}")
         return out
@@ -725,7 +860,8 @@ class LeRobotDataset:
         ]
         files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
         if files:  # cross-check lengths against the episodes table (LeRobot's source of truth)
-            meta = pa.concat_tables([pq.read_table(f, columns=["episode_index", "length"]) for f in files])
+            meta = self._parquet(self.root / "meta" / "episodes", lambda _: pa.concat_tables(
+                [self._parquet(f, pq.read_table, columns=["episode_index", "length"]) for f in files]))
             lengths = dict(zip(meta["episode_index"].to_pylist(), meta["length"].to_pylist()))
             for e in episodes:
                 if lengths.get(e.episode_index) != e.length:
@@ -741,32 +877,51 @@ class LeRobotDataset:
             raise VlatrimError(f"dataset {str(self.root)!r} stores {key!r} as video but has no meta/episodes files to locate it")
         tables = []
         for f in files:
-            names = pq.read_schema(f).names
+            names = self._parquet(f, pq.read_schema).names
             missing = [c for c in cols if c not in names]
             if missing:
                 raise VlatrimError(f"video feature {key!r} needs column {missing[0]!r} in {f.relative_to(self.root)}")
-            tables.append(pq.read_table(f, columns=["episode_index", *cols]))
-        meta = pa.concat_tables(tables).to_pydict()
+            tables.append(self._parquet(f, pq.read_table, columns=["episode_index", *cols]))
+        meta = self._parquet(self.root / "meta" / "episodes", lambda _: pa.concat_tables(tables)).to_pydict()
         row = {e: i for i, e in enumerate(meta["episode_index"])}
-        template = self.info.get("video_path") or VIDEO_PATH
+        template = self._templates.get("video_path") or VIDEO_PATH
         paths, starts = [], []
         for e in self.episodes:
             i = row.get(e.episode_index)
             if i is None:
                 raise VlatrimError(f"episode {e.episode_index} of {str(self.root)!r} has no row in meta/episodes (needed to find its video)")
-            path = self.root / template.format(video_key=key, chunk_index=int(meta[cols[0]][i]), file_index=int(meta[cols[1]][i]))
+            chunk, file, start = meta[cols[0]][i], meta[cols[1]][i], meta[cols[2]][i]
+            if not (isinstance(chunk, int) and isinstance(file, int) and isinstance(start, (int, float))):
+                raise VlatrimError(f"episode {e.episode_index} of {str(self.root)!r} has video columns "
+                                   f"{cols[0]}={chunk!r}, {cols[1]}={file!r}, {cols[2]}={start!r} in meta/episodes; "
+                                   "expected integers and a start time in seconds")
+            rel = template.format(video_key=key, chunk_index=chunk, file_index=file)
+            path = _inside(self.root, rel, f"video file {rel!r} of feature {key!r} (episode {e.episode_index}, from "
+                                           f"the video_path of meta/info.json in dataset {str(self.root)!r})")
             if not path.is_file():
                 raise VlatrimError(f"video file {str(path.relative_to(self.root))!r} of feature {key!r} (episode {e.episode_index}) is missing from {str(self.root)!r}")
             paths.append(path)
-            starts.append(float(meta[cols[2]][i]))
+            starts.append(float(start))
         return paths, np.asarray(starts, np.float64)
 
     def _read_stats(self) -> dict[str, dict[str, np.ndarray]]:
         path = self.root / STATS_PATH
         if not path.is_file():
             return {}
-        raw = read_json(path, "dataset stats")
-        return {k: {s: np.asarray(v, dtype=np.float64) for s, v in d.items()} for k, d in raw.items() if isinstance(d, dict)}
+        raw = _read_meta_json(self.root, STATS_PATH)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for k, d in raw.items():
+            if not isinstance(d, dict):
+                raise VlatrimError(f"{STATS_PATH} in dataset {str(self.root)!r} has {_json_kind(d)} for feature {k!r}; "
+                                   "expected an object of statistics (min, max, mean, std, count, q01 ... q99)")
+            out[k] = {}
+            for s, v in d.items():
+                try:
+                    out[k][s] = np.asarray(v, dtype=np.float64)
+                except (ValueError, TypeError):
+                    raise VlatrimError(f"{STATS_PATH} in dataset {str(self.root)!r} has {k}/{s} = {str(v)[:40]}; "
+                                       "expected a number or an array of numbers") from None
+        return out
 
     # -- column access -----------------------------------------------------------------------------
     def column(self, key: str) -> np.ndarray:
@@ -811,8 +966,8 @@ class LeRobotDataset:
     def _file_images(self, file_no: int) -> pa.Array:
         arr = self._image_cache.get(file_no)
         if arr is None:
-            col = pq.read_table(self._files[file_no], columns=[self.image_key])[self.image_key]
-            col = col.combine_chunks()
+            col = self._parquet(self._files[file_no], pq.read_table, columns=[self.image_key])[self.image_key]
+            col = self._parquet(self._files[file_no], lambda _: col.combine_chunks())
             if not pa.types.is_struct(col.type) or col.type.get_field_index("bytes") < 0:
                 raise VlatrimError(f"feature {self.image_key!r} is stored as {col.type}, expected LeRobot's image struct {{bytes, path}}")
             arr = col.field("bytes")
@@ -827,6 +982,8 @@ class LeRobotDataset:
             raise VlatrimError(f"feature {self.image_key!r} is stored as video: its frames have no per-frame bytes; use images()")
         f = int(np.searchsorted(self._offsets, index, side="right") - 1)
         blob = self._file_images(f)[index - int(self._offsets[f])].as_py()
+        if blob is not None and not isinstance(blob, bytes):
+            raise VlatrimError(f"frame {index} of {str(self.root)!r} holds {type(blob).__name__} image bytes; expected PNG bytes")
         if blob is None:
             raise VlatrimError(f"frame {index} of {str(self.root)!r} has no embedded image bytes (path-only images are not supported)")
         return blob
@@ -835,7 +992,16 @@ class LeRobotDataset:
         """uint8 (H, W, 3) image of frame ``index``."""
         if self.image_is_video:
             return self.images([index])[0]
-        return decode_png(self.image_bytes(index))
+        return self._decode(index, self.image_bytes(index))
+
+    def _decode(self, index: int, blob: bytes) -> np.ndarray:
+        try:
+            return decode_png(blob)
+        except Exception as e:  # Pillow raises many types on damaged bytes (OSError, SyntaxError, zlib.error, ...)
+            f = int(np.searchsorted(self._offsets, index, side="right") - 1)
+            raise VlatrimError(f"frame {index} of dataset {str(self.root)!r} ({self._files[f].relative_to(self.root)}) "
+                               f"holds an image that cannot be decoded ({type(e).__name__}: {_one_line(e)}); expected "
+                               "PNG bytes") from None
 
     def _video_images(self, idx: np.ndarray) -> np.ndarray:
         from vlatrim.utils.video import VideoReader
@@ -853,8 +1019,15 @@ class LeRobotDataset:
             for e in np.unique(ep_of):
                 sel = np.flatnonzero(ep_of == e)
                 path = self._video_paths[e]
-                reader = readers.get(path) or readers.setdefault(path, VideoReader(path, self.tolerance_s))
-                frames = reader.frames_at(t[sel])  # (k, H', W', 3)
+                try:
+                    reader = readers.get(path) or readers.setdefault(path, VideoReader(path, self.tolerance_s))
+                    frames = reader.frames_at(t[sel])  # (k, H', W', 3)
+                except VlatrimError:
+                    raise
+                except Exception as err:  # PyAV / FFmpeg on damaged bytes: InvalidDataError, EOFError, ...
+                    raise VlatrimError(f"video {str(path.relative_to(self.root))!r} of dataset {str(self.root)!r} cannot "
+                                       f"be decoded ({type(err).__name__}: {_one_line(err)}); expected an MP4 video "
+                                       "(regenerate or re-download the dataset)") from None
                 if frames.shape[1:] != self.image_shape:
                     raise VlatrimError(f"video {str(path.relative_to(self.root))!r} has {frames.shape[1]}x{frames.shape[2]} frames, feature {self.image_key!r} is {list(self.image_shape)}")
                 out[sel] = frames
@@ -876,7 +1049,7 @@ class LeRobotDataset:
         blobs = [self.image_bytes(int(i)) for i in idx]
 
         def work(i: int) -> None:
-            im = decode_png(blobs[i])
+            im = self._decode(int(idx[i]), blobs[i])
             if im.shape != self.image_shape:
                 raise VlatrimError(f"frame {int(idx[i])} image has shape {list(im.shape)}, expected {list(self.image_shape)}")
             out[i] = im

@@ -76,6 +76,11 @@ class DemoConfig:
         self.tasks = parse_tasks(self.tasks)
         if self.episodes_per_task < 1:
             raise VlatrimError(f"--episodes-per-task must be >= 1, got {self.episodes_per_task}")
+        from vlatrim.sim.backends.metaworld import MetaWorldBackend
+
+        if self.camera not in MetaWorldBackend.cameras:  # before any worker starts or --out is touched
+            raise VlatrimError(f"--camera {self.camera!r} is not a Meta-World camera; valid: "
+                               f"{', '.join(MetaWorldBackend.cameras)}")
         if not 8 <= self.image_size <= 1024:
             raise VlatrimError(f"--image-size must be in 8..1024 px, got {self.image_size}")
         if self.seed < 0:
