@@ -563,6 +563,34 @@ class LeRobotSmolVLAFamily(PolicyFamily):
                                "vlm_model_name's config and its tokenizer)")
 
     # ------------------------------------------------------------------ recovery
+    def trainable(self, model: nn.Module, method: str) -> list[str]:
+        """``full``: what LeRobot leaves trainable (with ``train_expert_only``, the default: the expert and the
+        action / time / state projections) plus the VLM text layers, which a cut removed layers from.
+
+        Text-layer parameters whose output SmolVLA never reads stay frozen (they would get no gradient, and
+        DDP requires one for every trainable parameter): the VLM's prefix output is discarded after the last
+        layer that an expert layer runs beside, so that layer trains only ``input_layernorm``, ``k_proj`` and
+        ``v_proj`` (the keys and values the expert attends to), and the layers after it train nothing.
+        Other methods: what requires grad as loaded.
+        """
+        names = super().trainable(model, method)
+        if method != "full":
+            return names
+        w = _vlm(model)
+        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
+        step = nv // ne if ne else 0
+        # LeRobot's get_model_layers: an expert layer runs beside VLM layer i when step <= 0, i == 0 or i % step == 0.
+        last = max(i for i in range(nv) if step <= 0 or i == 0 or i % step == 0)
+        read_at_last = ("input_layernorm.", "self_attn.k_proj.", "self_attn.v_proj.")
+        wanted = set(names)
+        for n, _ in model.named_parameters():
+            if not n.startswith(f"{LANGUAGE_PATH}."):
+                continue
+            idx, rest = n[len(LANGUAGE_PATH) + 1:].split(".", 1)
+            read = int(idx) < last or (int(idx) == last and rest.startswith(read_at_last))
+            (wanted.add if read else wanted.discard)(n)
+        return [n for n, _ in model.named_parameters() if n in wanted]
+
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         # Adapters on the VLM's text layers (the cut backbone); what LeRobot trains by default (the expert and
         # the action / time / state projections) trains in full beside them.
