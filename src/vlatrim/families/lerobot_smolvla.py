@@ -409,11 +409,11 @@ class LeRobotSmolVLAFamily(PolicyFamily):
         """The real positions of the VLM's prefix sequence, laid out as LeRobot's ``embed_prefix`` builds it.
 
         Per camera, in ``image_features`` order (present cameras, then up to ``empty_cameras`` blank ones):
-        ``<fake_token_around_image><global-img>`` + the connector's image tokens + ``<fake_token_around_image>``
-        (the special tokens only with ``add_image_special_tokens``; always real), the image tokens real where the camera is (a blank
-        camera's, or a ``<key>_padding_mask`` that is False, are padding); then the language tokens with
-        ``observation.language.attention_mask``; then one state token (real); then zeros up to ``prefix_length``.
-        This is ``embed_prefix``'s ``pad_masks``, computed without running the vision encoder.
+        ``<fake_token_around_image><global-img>``, the connector's image tokens, ``<fake_token_around_image>``
+        (the special tokens only with ``add_image_special_tokens``, always real; the image tokens real unless
+        the camera is blank or its ``<key>_padding_mask`` is False); then the language tokens, real where
+        ``observation.language.attention_mask`` is; then one state token (real); then zeros up to
+        ``prefix_length``. This is ``embed_prefix``'s ``pad_masks``, computed without running the vision encoder.
         """
         cfg, vcfg = model.config, _vlm(model).config
         lang = batch.get(TOKEN_MASK_KEY) if isinstance(batch, dict) else None
