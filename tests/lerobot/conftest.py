@@ -122,3 +122,9 @@ def save_smolvla(out: Path, vlm_dir: Path, dataset: Path, seed: int = 0, **overr
 @pytest.fixture(scope="session")
 def policy_dir(vlm_dir, dataset, tmp_path_factory) -> Path:
     return save_smolvla(tmp_path_factory.mktemp("policy") / "smolvla", vlm_dir, dataset)
+
+
+@pytest.fixture(scope="session")
+def make_config(vlm_dir):
+    """``make_config(**overrides)``: a SmolVLAConfig for the tiny VLM (for policies built in memory)."""
+    return lambda **overrides: smolvla_config(vlm_dir, **overrides)

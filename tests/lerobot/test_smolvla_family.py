@@ -189,8 +189,43 @@ def test_recover_full_trains_the_cut_policy(policy_dir, dataset, tmp_path):
     assert rec["held_out"]["samples"] > 0 and np.isfinite(rec["held_out"]["l1"])
     before, after = _lerobot_load(pruned)[0], _lerobot_load(out)[0]  # LeRobot reloads the recovered policy
     assert len(after.model.vlm_with_expert.lm_expert.layers) == 2
+    assert before.config.train_expert_only  # LeRobot's default, which alone would freeze the whole VLM
     changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
     assert any(k.startswith("model.vlm_with_expert.lm_expert.") for k in changed)
+    # full trains the VLM text layers around the cut too: all of layer 0; of the last layer (1), only what the
+    # expert reads (its keys and values); never the vision encoder or the embedding.
+    text = {k.removeprefix(LANGUAGE_PATH + ".") for k in changed if k.startswith(LANGUAGE_PATH + ".")}
+    layer0 = {k.removeprefix(LANGUAGE_PATH + ".") for k in before.state_dict() if k.startswith(LANGUAGE_PATH + ".0.")}
+    assert layer0 <= text
+    assert {k for k in text if k.startswith("1.")} == {"1.input_layernorm.weight", "1.self_attn.k_proj.weight",
+                                                       "1.self_attn.v_proj.weight"}
+    assert not any(".vision_model." in k or "embed_tokens" in k for k in changed)
+    # recover.json counts what trained: LeRobot's trainable parameters plus those text-layer parameters.
+    params = dict(before.named_parameters())
+    lerobot = sum(p.numel() for p in params.values() if p.requires_grad)
+    text_n = sum(params[f"{LANGUAGE_PATH}.{k}"].numel() for k in layer0 | {
+        "1.input_layernorm.weight", "1.self_attn.k_proj.weight", "1.self_attn.v_proj.weight"})
+    assert rec["params"]["trainable"] == lerobot + text_n
+
+
+def test_full_trains_what_lerobot_leaves_trainable_plus_the_text_layers_smolvla_reads(make_config):
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    fam = FAMILIES.get(FAMILY)
+    for overrides in ({}, {"train_expert_only": False}, {"num_expert_layers": 2}):
+        policy = SmolVLAPolicy(make_config(**overrides))
+        lerobot = {n for n, p in policy.named_parameters() if p.requires_grad}
+        full = set(fam.trainable(policy, "full"))
+        assert set(fam.trainable(policy, "lora")) == lerobot  # other methods: as loaded
+        text = {n.removeprefix(LANGUAGE_PATH + ".") for n in full if n.startswith(LANGUAGE_PATH + ".")}
+        # 4 VLM layers; the last one an expert layer runs beside is 3, or 2 with 2 experts (beside 0 and 2).
+        last = 2 if overrides.get("num_expert_layers") else 3
+        assert {k.split(".")[0] for k in text} == {str(i) for i in range(last + 1)}
+        assert {k.split(".", 1)[1] for k in text if k.startswith(f"{last}.")} == {
+            "input_layernorm.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}
+        assert {n for n in full if not n.startswith(LANGUAGE_PATH + ".")} == {
+            n for n in lerobot if not n.startswith(LANGUAGE_PATH + ".")}
+        assert not any(".vision_model." in n for n in full)  # freeze_vision_encoder (default) is kept
 
 
 def test_recover_lora_adapts_the_vlm_text_layers_and_trains_the_expert(policy_dir, dataset, tmp_path):

@@ -22,7 +22,7 @@ from vlatrim.utils.plugins import load_plugins
 def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAULT_SCORERS, num_batches: int = 8,
             batch_size: int = 16, pathways: Sequence[str] = PATHWAYS, blocks_path: str | None = None,
             seed: int = 0, options: dict[str, dict[str, Any]] | None = None, device: str = "cpu",
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, trust_remote_code: bool = False) -> dict[str, Any]:
     """Score a model's blocks / heads / channels / vocabulary on a dataset and write the results.
 
     Args:
@@ -39,6 +39,8 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
         options: per-scorer options, e.g. ``{"angular": {"span": 2}}``.
         device: where the model runs: cpu, cuda, cuda:N or auto (``vlatrim.utils.device.resolve_device``).
         progress: tqdm bars.
+        trust_remote_code: run the modeling code a transformers model directory ships (``auto_map``);
+            without it such a model is refused.
 
     Finished scorers are kept in ``<out>.partial/`` until the run completes, so an interrupted run
     resumes where it stopped when called again with the same arguments.
@@ -69,7 +71,7 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     refuse_pickled_weights(model_path, "model")
     if not any(Path(model_path).glob("*.safetensors")):
         raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")
-    model = family.load(Path(model_path), device=device).eval()
+    model = family.load(Path(model_path), device=device, trust_remote_code=trust_remote_code).eval()
     handle = family.handle(model, blocks_path)
     have = {p: lists for p, lists in family.pathways(model, handle).items() if lists}
     present = tuple(p for p in have if p in pathways)

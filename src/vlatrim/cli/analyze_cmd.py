@@ -41,6 +41,9 @@ class AnalyzeCommand:
     """Which held-out samples form the calibration batches."""
     device: str = "cpu"
     """Where the model runs: cpu, cuda, cuda:N or auto."""
+    trust_remote_code: bool = False
+    """Run the modeling code a transformers model directory ships (configuration_*.py / modeling_*.py named by
+    auto_map in config.json, as OpenVLA's does). Off by default: such a model is refused, and no code from it runs."""
 
     threads: int | None = None
     """torch CPU threads. Default: the cores free when the command starts (with another job keeping one of
@@ -56,7 +59,8 @@ class AnalyzeCommand:
                                "number of blocks in a scored block list)")
         res = analyze(self.model, self.data, self.out, self.scorers, self.batches, self.batch_size, self.pathways,
                       self.blocks_path, self.seed, {"angular": {"span": self.angular_span, "position": self.angular_position}}
-                      if "angular" in self.scorers else None, self.device)
+                      if "angular" in self.scorers else None, self.device,
+                      trust_remote_code=self.trust_remote_code)
         for name, r in res["scorers"].items():
             rho = r.get("spearman_vs_drop_one") or {}
             rho_s = ", ".join(f"{v:.2f}" if v is not None else "n/a" for v in rho.values())

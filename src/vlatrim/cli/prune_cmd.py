@@ -82,6 +82,9 @@ class PruneCommand:
     language layers) follow automatically, as the model's policy family declares."""
     dry_run: bool = False
     """Print the plan and the parameter budget, cut nothing, write nothing."""
+    trust_remote_code: bool = False
+    """Run the modeling code a transformers model directory ships (configuration_*.py / modeling_*.py named by
+    auto_map in config.json, as OpenVLA's does). Off by default: such a model is refused, and no code from it runs."""
 
     def run(self) -> None:
         from vlatrim.families import family_of
@@ -99,7 +102,7 @@ class PruneCommand:
         )
         model_dir = Path(self.model)
         family = family_of(model_dir)
-        model = family.load(model_dir)
+        model = family.load(model_dir, trust_remote_code=self.trust_remote_code)
         handle = family.handle(model, self.blocks_path)
         plan, before = make_plan(req, model, handle, model_dir)
         plan = couple(plan, model, handle, family)

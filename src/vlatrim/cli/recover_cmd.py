@@ -25,8 +25,8 @@ class RecoverCommand:
     out: str
     """Run directory: new (or empty), or an interrupted run's with --resume. Ends as a loadable checkpoint."""
     method: Literal["full", "lora", "distill"] = "full"
-    """full: every trainable parameter (a LeRobot SmolVLA: what its config's train_expert_only /
-    freeze_vision_encoder leave trainable; see docs/lerobot.md); lora: peft adapters (scope from the model's family), merged on save;
+    """full: the parameters the model's family trains in full (by default every trainable one; a LeRobot
+    SmolVLA: what its config leaves trainable plus the VLM text layers; see docs/lerobot.md); lora: peft adapters (scope from the model's family), merged on save;
     distill: full fine-tuning with the teacher's actions (and optionally hidden states) as extra targets."""
     teacher: str | None = None
     """The unpruned model (checkpoint directory) to distil from; --method distill only."""

@@ -14,8 +14,8 @@ A family is one class, registered by name in ``FAMILIES``, that answers for one 
 - ``pathways(model)``: vision / language / action block lists; ``couplings(model)``: the cuts one
   block list forces on another; ``check_cut`` / ``after_cut``: refuse what the architecture cannot
   express, and keep the family's own config fields true after a cut;
-- ``recovery_methods`` and ``lora_defaults(model)``: which recovery methods apply and what LoRA adapts
-  and trains by default.
+- ``recovery_methods``, ``trainable(model, method)`` and ``lora_defaults(model)``: which recovery
+  methods apply, what full fine-tuning trains, and what LoRA adapts and trains by default.
 
 Verbs never test for a concrete model class: they call ``family_of(path)`` and ask the family. Families
 register when their module is imported; ``vlatrim.families`` imports the built-in ones and any module
@@ -191,6 +191,12 @@ class PolicyFamily:
         fixed by the surgery)."""
 
     # ------------------------------------------------------------------ recovery
+    def trainable(self, model: nn.Module, method: str) -> list[str]:
+        """Names of the parameters that recovery ``method`` trains in full (``vlatrim recover --method full``
+        sets ``requires_grad`` to exactly these; LoRA trains its adapters and ``lora_defaults``' prefixes
+        instead). Default: the parameters that require grad as the model was loaded."""
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         """(module scope LoRA adapts by default, parameter prefixes trained in full beside the adapters)."""
         return "", ()

@@ -405,6 +405,48 @@ class LeRobotSmolVLAFamily(PolicyFamily):
                           "frames": int(len(first.images))},
                          {"train_episodes": train_eps, "held_out_episodes": val_eps})
 
+    def position_mask(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The real positions of the VLM's prefix sequence, laid out as LeRobot's ``embed_prefix`` builds it.
+
+        Per camera, in ``image_features`` order (present cameras, then up to ``empty_cameras`` blank ones):
+        ``<fake_token_around_image><global-img>``, the connector's image tokens, ``<fake_token_around_image>``
+        (the special tokens only with ``add_image_special_tokens``, always real; the image tokens real unless
+        the camera is blank or its ``<key>_padding_mask`` is False); then the language tokens, real where
+        ``observation.language.attention_mask`` is; then one state token (real); then zeros up to
+        ``prefix_length``. This is ``embed_prefix``'s ``pad_masks``, computed without running the vision encoder.
+        """
+        cfg, vcfg = model.config, _vlm(model).config
+        lang = batch.get(TOKEN_MASK_KEY) if isinstance(batch, dict) else None
+        if lang is None:
+            return None
+        lang = lang.bool()
+        B, dev = lang.shape[0], lang.device
+        present = [k for k in cfg.image_features if k in batch]
+        missing = [k for k in cfg.image_features if k not in batch][: int(cfg.empty_cameras)]
+        flow = model.model
+        start = int(flow.global_image_start_token.numel()) if cfg.add_image_special_tokens else 0
+        end = int(flow.image_end_token.numel()) if cfg.add_image_special_tokens else 0
+        ones = lambda n: torch.ones(B, n, dtype=torch.bool, device=dev)
+        parts: list[torch.Tensor] = []
+        for key in present + missing:
+            if key in batch:
+                img = batch[key]
+                h, w = (int(cfg.resize_imgs_with_padding[1]), int(cfg.resize_imgs_with_padding[0])) \
+                    if cfg.resize_imgs_with_padding is not None else tuple(int(d) for d in img.shape[-2:])
+                real = (batch[f"{key}_padding_mask"].bool().to(dev) if f"{key}_padding_mask" in batch
+                        else torch.ones(B, dtype=torch.bool, device=dev))
+            else:  # a blank camera: LeRobot copies the last present image's shape, with mask False
+                real = torch.zeros(B, dtype=torch.bool, device=dev)
+            patch = int(vcfg.vision_config.patch_size)
+            n_img = (h // patch) * (w // patch) // int(vcfg.scale_factor) ** 2
+            parts += [ones(start), real[:, None].expand(B, n_img), ones(end)]
+        parts += [lang, ones(1)]  # language tokens, then the state token
+        mask = torch.cat(parts, dim=1)
+        if mask.shape[1] < int(cfg.prefix_length):
+            mask = torch.cat([mask, torch.zeros(B, int(cfg.prefix_length) - mask.shape[1], dtype=torch.bool,
+                                                device=dev)], dim=1)
+        return mask
+
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -521,6 +563,34 @@ class LeRobotSmolVLAFamily(PolicyFamily):
                                "vlm_model_name's config and its tokenizer)")
 
     # ------------------------------------------------------------------ recovery
+    def trainable(self, model: nn.Module, method: str) -> list[str]:
+        """``full``: what LeRobot leaves trainable (with ``train_expert_only``, the default: the expert and the
+        action / time / state projections) plus the VLM text layers, which a cut removed layers from.
+
+        Text-layer parameters whose output SmolVLA never reads stay frozen (they would get no gradient, and
+        DDP requires one for every trainable parameter): the VLM's prefix output is discarded after the last
+        layer that an expert layer runs beside, so that layer trains only ``input_layernorm``, ``k_proj`` and
+        ``v_proj`` (the keys and values the expert attends to), and the layers after it train nothing.
+        Other methods: what requires grad as loaded.
+        """
+        names = super().trainable(model, method)
+        if method != "full":
+            return names
+        w = _vlm(model)
+        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
+        step = nv // ne if ne else 0
+        # LeRobot's get_model_layers: an expert layer runs beside VLM layer i when step <= 0, i == 0 or i % step == 0.
+        last = max(i for i in range(nv) if step <= 0 or i == 0 or i % step == 0)
+        read_at_last = ("input_layernorm.", "self_attn.k_proj.", "self_attn.v_proj.")
+        wanted = set(names)
+        for n, _ in model.named_parameters():
+            if not n.startswith(f"{LANGUAGE_PATH}."):
+                continue
+            idx, rest = n[len(LANGUAGE_PATH) + 1:].split(".", 1)
+            read = int(idx) < last or (int(idx) == last and rest.startswith(read_at_last))
+            (wanted.add if read else wanted.discard)(n)
+        return [n for n, _ in model.named_parameters() if n in wanted]
+
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         # Adapters on the VLM's text layers (the cut backbone); what LeRobot trains by default (the expert and
         # the action / time / state projections) trains in full beside them.

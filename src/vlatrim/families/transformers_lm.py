@@ -49,7 +49,8 @@ class TextSamples(Dataset):
 
 @register_family
 class TransformersFamily(PolicyFamily):
-    """Any local transformers model directory (config.json + safetensors) whose classes this install has."""
+    """Any local transformers model directory (config.json + safetensors) whose classes this install has, or
+    whose own code (``auto_map``) the caller trusts (``trust_remote_code``)."""
 
     name = "transformers"
     description = "a transformers text model or VLM (next-token loss on instruction texts)"
@@ -58,7 +59,10 @@ class TransformersFamily(PolicyFamily):
     def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
         from transformers import CONFIG_MAPPING
 
-        return isinstance(config.get("model_type"), str) and config["model_type"] in CONFIG_MAPPING
+        # A model that ships its own code (auto_map) is answered here too, so that loading it names
+        # --trust-remote-code instead of "no family recognises it".
+        return isinstance(config.get("model_type"), str) and (
+            config["model_type"] in CONFIG_MAPPING or isinstance(config.get("auto_map"), dict))
 
     def owns(self, model: nn.Module) -> bool:
         from transformers import PreTrainedModel
@@ -66,9 +70,13 @@ class TransformersFamily(PolicyFamily):
         return isinstance(model, PreTrainedModel)
 
     def load(self, path: Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> nn.Module:
+        from vlatrim.families.base import read_config
+        from vlatrim.models.adapters.load import remote_model_class
         from vlatrim.prune import load_pruned
 
-        return load_pruned(path).to(device).eval()
+        # The directory's own model class when it ships code and the caller trusts it (refused otherwise).
+        cls = remote_model_class(path, read_config(path), trust_remote_code)
+        return load_pruned(path, model_cls=cls).to(device).eval()
 
     def save(self, model: nn.Module, out: Path) -> None:
         from vlatrim.prune.surgery import WIDTHS_KEY

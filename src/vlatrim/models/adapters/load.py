@@ -4,6 +4,12 @@ Accepted: a vlatrim checkpoint directory (``config.json`` with ``model_type: vla
 transformers model directory (``config.json`` + safetensors weights), or a bare transformers config
 (a ``config.json`` file, or a directory with no weights), which is built on the ``meta`` device: shapes
 and parameter counts without allocating or initialising weights, so a 7B config inspects instantly.
+
+Remote code: a transformers directory may ship its own modeling code (``configuration_*.py`` /
+``modeling_*.py`` named by ``auto_map`` in config.json, as OpenVLA does). vlatrim never runs it unless
+asked (``trust_remote_code=True``, the verbs' ``--trust-remote-code``); without that, such a model is
+refused with one line naming the flag. Only code inside the directory runs: an ``auto_map`` entry that
+points into another repository is refused (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -20,6 +26,89 @@ from vlatrim.utils.io import read_json
 
 VLATRIM_MODEL_TYPES = {"vlatrim_vla": ("vlatrim.models.reference", "ReferenceVLA")}
 """``config.json`` model_type of vlatrim's own checkpoints -> (module, class with ``from_pretrained``)."""
+TRUST_FLAG = "--trust-remote-code"
+# auto_map keys tried, in this order, for the model class when none matches config.json's architectures.
+_MODEL_AUTO_KEYS = ("AutoModelForCausalLM", "AutoModelForVision2Seq", "AutoModelForImageTextToText", "AutoModel")
+
+
+def _native_architecture(raw: dict) -> bool:
+    import transformers
+
+    return any(isinstance(getattr(transformers, a, None), type) for a in raw.get("architectures") or [])
+
+
+def needs_remote_code(raw: dict) -> bool:
+    """Whether config.json ``raw`` names modeling code of its own (``auto_map``) that this transformers install
+    cannot replace with its own classes (model_type and architectures both known: transformers would use
+    those, and so does vlatrim)."""
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(raw.get("auto_map"), dict) or not raw["auto_map"]:
+        return False
+    return not (raw.get("model_type") in CONFIG_MAPPING and _native_architecture(raw))
+
+
+def _code_files(path: Path, raw: dict) -> list[str]:
+    refs = [r for v in raw["auto_map"].values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    return sorted({r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs})
+
+
+def check_remote_code(path: Path, raw: dict, trust_remote_code: bool) -> bool:
+    """Refuse a model that ships its own code unless ``trust_remote_code``; True when its code is to run.
+
+    Raises:
+        VlatrimError: one line naming the code files and ``--trust-remote-code``; or, with the flag, an
+            ``auto_map`` entry whose code is in another repository or missing from the directory.
+    """
+    if not needs_remote_code(raw):
+        return False
+    files = _code_files(path, raw)
+    if not trust_remote_code:
+        raise VlatrimError(f"{str(path)!r} ships its own modeling code ({', '.join(files)}, named by auto_map in "
+                           f"config.json), and vlatrim runs no code from a model unless asked: add {TRUST_FLAG} "
+                           "(inspect, analyze, prune) if you trust it")
+    remote = [r for v in raw["auto_map"].values() for r in (v if isinstance(v, list) else [v])
+              if isinstance(r, str) and "--" in r]
+    if remote:
+        raise VlatrimError(f"{str(path)!r}: auto_map names code in another repository ({remote[0]}), and vlatrim "
+                           "downloads nothing; put that code into the model directory")
+    base = path if path.is_dir() else path.parent
+    missing = [f for f in files if not (base / f).is_file()]
+    if missing:
+        raise VlatrimError(f"{str(path)!r}: auto_map names {', '.join(missing)}, which the directory does not hold")
+    return True
+
+
+def remote_model_class(path: str | os.PathLike, raw: dict, trust_remote_code: bool = False) -> type | None:
+    """The model class a directory's own code defines, or None when the model needs no code of its own.
+
+    The class is the ``auto_map`` entry named like one of config.json's ``architectures`` (else the first of
+    AutoModelForCausalLM, AutoModelForVision2Seq, AutoModelForImageTextToText, AutoModel). It and its config
+    class are registered for their auto classes, so ``save_pretrained`` writes the code files and
+    ``auto_map`` again (a pruned copy stays loadable the same way).
+
+    Raises:
+        VlatrimError: as ``check_remote_code``; or no ``auto_map`` entry names a model class.
+    """
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    path = Path(path)
+    if not check_remote_code(path, raw, trust_remote_code):
+        return None
+    auto_map = raw["auto_map"]
+    entries = {k: v for k, v in auto_map.items() if isinstance(v, str) and k != "AutoConfig"}
+    archs = raw.get("architectures") or []
+    key = next((k for k, v in entries.items() if v.rsplit(".", 1)[-1] in archs), None) or \
+        next((k for k in _MODEL_AUTO_KEYS if k in entries), None)
+    if key is None:
+        raise VlatrimError(f"{str(path)!r}: auto_map names no model class (it has {', '.join(auto_map)})")
+    base = path if path.is_dir() else path.parent
+    cls = get_class_from_dynamic_module(entries[key], str(base), local_files_only=True)
+    cls.register_for_auto_class(key)
+    config_cls = getattr(cls, "config_class", None)
+    if isinstance(config_cls, type) and "AutoConfig" in auto_map and hasattr(config_cls, "register_for_auto_class"):
+        config_cls.register_for_auto_class()
+    return cls
 
 
 def _has_weights(path: Path) -> bool:
@@ -42,12 +131,14 @@ def _from_config(config: object) -> nn.Module:
         return cls(config).eval()
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, str]:
+def load_model(path: str | os.PathLike, device: str = "cpu", trust_remote_code: bool = False) -> tuple[nn.Module, str]:
     """Open ``path`` as a model.
 
     Args:
         path: vlatrim checkpoint dir, transformers model dir, or transformers config JSON file.
         device: where real weights go.
+        trust_remote_code: run the modeling code a transformers directory ships (``auto_map``); without it
+            such a model is refused.
 
     Returns:
         (model, kind) with kind ``"vlatrim"``, ``"transformers"`` or ``"config"`` (meta device, no weights).
@@ -76,6 +167,14 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module,
         except ModuleNotFoundError:
             raise VlatrimError(f"checkpoint {str(path)!r} is a {mtype} but {mod_name} is not installed") from None
         return cls.from_pretrained(path, device=device), "vlatrim"
+    remote = remote_model_class(path, raw, trust_remote_code)
+    if remote is not None:  # the directory's own classes (asked for)
+        if path.is_dir() and _has_weights(path):
+            model = remote.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+            return model.to(device).eval(), "transformers"
+        config = remote.config_class.from_pretrained(str(path))
+        with torch.device("meta"):
+            return remote(config).eval(), "config"
     try:
         if path.is_dir():
             config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
