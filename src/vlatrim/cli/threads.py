@@ -21,7 +21,7 @@ def apply_threads(requested: int | None) -> int:
     import torch
 
     if requested is not None and requested < 1:
-        raise VlatrimError(f"--threads {requested} is not valid; give a positive number of threads (or omit it)")
+        raise VlatrimError(f"--threads {requested} is not valid; valid: a number of CPU threads >= 1 (or omit it)")
     cores = usable_cores()
     env = os.environ.get("OMP_NUM_THREADS")
     if requested is None and env is not None:
