@@ -100,7 +100,8 @@ def test_a_vocabulary_cut_keeps_every_tokenizer_file_speaking_the_new_ids(st_dir
     # the new embedding, and decode back to the text.
     lines = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == after
-    slow = BertTokenizer(vocab=str(out / "vocab.txt"), do_lower_case=True)  # built from vocab.txt alone
+    # built from vocab.txt alone (its first argument: `vocab` in transformers 5, `vocab_file` in 4.x)
+    slow = BertTokenizer(str(out / "vocab.txt"), do_lower_case=True)
     fast = AutoTokenizer.from_pretrained(out)
     for text in TEXTS:
         ids = fast(text)["input_ids"]

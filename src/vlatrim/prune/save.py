@@ -99,7 +99,12 @@ def _copy_source_tree(source: Path, tmp: Path) -> list[Path]:
     copied: list[Path] = []
     for f in sorted(source.rglob("*")):
         rel = f.relative_to(source)
-        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in _SKIPPED_DIRS or not f.is_file():
+        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in _SKIPPED_DIRS:
+            continue
+        if f.is_dir():  # kept even when empty: a module folder may hold no file (sentence-transformers' Normalize)
+            (tmp / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        if not f.is_file():
             continue
         if f.name.endswith(".onnx"):
             continue

@@ -230,13 +230,20 @@ def _cut_pathway_depth(model: nn.Module, path: str, drop: list[int]) -> list[int
     n = len(blocks)
     configs = []
     parts = path.split(".")
+    field = "num_hidden_layers"
     for i in range(len(parts) - 1, -1, -1):
         owner = model.get_submodule(".".join(parts[:i])) if i else model
         cfg = getattr(owner, "config", None)
-        if cfg is not None and hasattr(cfg, "to_dict") and getattr(cfg, "num_hidden_layers", None) == n:
+        if cfg is None or not hasattr(cfg, "to_dict"):
+            continue
+        # Vision configs name their depth num_hidden_layers, or depth (Qwen2-VL's vision config in
+        # transformers 4.x): whichever counts exactly these blocks is the one to keep true.
+        hit = next((f for f in ("num_hidden_layers", "depth") if cfg.to_dict().get(f) == n), None)
+        if hit is not None:
             configs.append(cfg)
+            field = hit
             break
-    return remove_blocks(blocks, configs, drop)
+    return remove_blocks(blocks, configs, drop, num_layers_field=field)
 
 
 def apply_plan(model: nn.Module, plan: PrunePlan, handle: Any | None = None,
