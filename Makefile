@@ -66,7 +66,7 @@ $(LEROBOT_STAMP): pyproject.toml
 	$(LPY) -m pip install -q --no-deps lerobot==0.4.4
 	$(LPY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 	  print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['test'] \
-	                  if not d.startswith(('torch', 'transformers'))))" > $(LEROBOT_VENV)/vlatrim-requirements.txt
+	                  if not d.startswith(('torch>', 'torch=', 'transformers'))))" > $(LEROBOT_VENV)/vlatrim-requirements.txt
 	$(LPY) -m pip install -q $(LEROBOT_PINS) $(LEROBOT_EXTRAS) -r $(LEROBOT_VENV)/vlatrim-requirements.txt
 	$(LPY) -m pip install -q --no-deps -e .
 	@touch $(LEROBOT_STAMP)

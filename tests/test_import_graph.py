@@ -10,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).parents[1] / "src" / "vlatrim"
 # Lowest first: a package may import only packages to its left (docs/architecture.md).
-LAYERS = ["errors", "registry", "utils", "data", "sim", "models", "prune", "families", "analyze", "train", "bench",
+LAYERS = ["errors", "registry", "utils", "data", "sim", "models", "quantize", "prune", "families", "analyze", "train", "bench",
           "study", "cli"]
 
 

@@ -68,6 +68,8 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     if Path(out).exists():
         raise VlatrimError(f"output directory {out!r} already exists; choose a new --out or remove it")
     family = family_of(model_path)
+    if why := family.refusal():
+        raise VlatrimError(f"model {str(model_path)!r} cannot be analysed: {why}")
     refuse_pickled_weights(model_path, "model")
     if not any(Path(model_path).glob("*.safetensors")):
         raise VlatrimError(f"{model_path!r} has no weights; analysis needs a trained model (checkpoint or model directory)")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlatrim.quantize import state_nbytes
+
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -30,14 +32,9 @@ class MemoryResult:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the distinct parameters and buffers of ``model`` (tied tensors once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
+    """Bytes of the distinct parameters and buffers of ``model`` (tied tensors once; a quantized tensor by
+    its int data, scales and zero points)."""
+    return state_nbytes(model)
 
 
 def _rss() -> int | None:

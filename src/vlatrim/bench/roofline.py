@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlatrim.quantize import storage_key, stored_nbytes
+
 CACHE_FILE = "roofline.json"
 CACHE_VERSION = 1
 
@@ -175,19 +177,19 @@ def get_peaks(device: torch.device, dtype: torch.dtype = torch.float32, remeasur
 def forward_weight_bytes(module: nn.Module, skip_embeddings: bool = True) -> int:
     """Bytes of the weights one forward of ``module`` reads (each distinct tensor once). An
     ``nn.Embedding`` table counts only when an ``nn.Linear`` shares it (a tied LM head reads it all)."""
-    linear_ptrs = {m.weight.data_ptr() for m in module.modules() if isinstance(m, nn.Linear)}
+    linear_ptrs = {storage_key(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
     skip = set()
     if skip_embeddings:
-        skip = {m.weight.data_ptr() for m in module.modules()
-                if isinstance(m, nn.Embedding) and m.weight.data_ptr() not in linear_ptrs}
+        skip = {storage_key(m.weight) for m in module.modules()
+                if isinstance(m, nn.Embedding) and storage_key(m.weight) not in linear_ptrs}
     seen: set[int] = set()
     total = 0
     for t in list(module.parameters()) + list(module.buffers()):
-        p = t.data_ptr()
+        p = storage_key(t)
         if p in seen or p in skip:
             continue
         seen.add(p)
-        total += t.numel() * t.element_size()
+        total += stored_nbytes(t)  # a quantized weight by its int data and scales
     return total
 
 

@@ -195,6 +195,7 @@ def bench_model(path: str | os.PathLike, device: torch.device, batch_size: int =
         "path": str(path), "name": path.name, "class": type(model).__name__, "family": family.name,
         "num_blocks": len(handle.blocks), "blocks_path": handle.blocks_path, "prune": _prune_info(path),
         "params": params, "weight_bytes": weight_bytes(model),
+        "quantization": getattr(model, "vlatrim_quantization", None),  # scheme of a `vlatrim quantize` checkpoint
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "batch_size": batch_size, "sequence": seq,
         "flops": {"analytic_blocks": analytic,

@@ -18,7 +18,7 @@ from vlatrim.cli.registry import COMMANDS
 from vlatrim.errors import VlatrimError
 
 # Modules that register verbs; a verb whose module does not exist yet is simply absent from the CLI.
-_VERB_MODULES = ("data", "eval", "train", "inspect", "analyze", "prune", "recover", "bench", "study")
+_VERB_MODULES = ("data", "eval", "train", "inspect", "analyze", "prune", "recover", "quantize", "bench", "study")
 
 
 def _load_verbs() -> None:

@@ -102,6 +102,8 @@ class PruneCommand:
         )
         model_dir = Path(self.model)
         family = family_of(model_dir)
+        if why := family.refusal():
+            raise VlatrimError(f"model {self.model!r} cannot be pruned: {why}")
         model = family.load(model_dir, trust_remote_code=self.trust_remote_code)
         handle = family.handle(model, self.blocks_path)
         plan, before = make_plan(req, model, handle, model_dir)

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from vlatrim.errors import VlatrimError
 from vlatrim.models.adapters import BackboneHandle, BlockList, locate_backbone
 from vlatrim.prune.plan import Coupling
+from vlatrim.quantize.schemes import QUANT_KEY
 from vlatrim.registry import Registry
 from vlatrim.utils.plugins import load_plugins
 
@@ -99,6 +100,10 @@ class PolicyFamily:
             raise TypeError(f"policy family {cls.__name__} must set a class attribute 'name'")
 
     # ------------------------------------------------------------------ checkpoints
+    def refusal(self) -> str | None:
+        """Why this checkpoint cannot be analysed, pruned or recovered (e.g. it is quantized); None: it can."""
+        return None
+
     def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
         """Whether the checkpoint directory ``path`` (whose config.json is ``config``) is this family's."""
         raise NotImplementedError
@@ -247,6 +252,10 @@ def family_of(path: str | Path, families: Sequence[str] | None = None) -> Policy
     for name in names:
         fam = FAMILIES.get(name)
         if fam.recognizes(path, raw):
+            if QUANT_KEY in raw:  # a quantized checkpoint of this family (vlatrim quantize)
+                from vlatrim.families.quantized import quantized_family
+
+                return quantized_family(fam, raw[QUANT_KEY])
             return fam
     kind = raw.get("model_type") or raw.get("type")
     raise VlatrimError(f"no policy family recognises {str(path)!r} (config.json names {kind!r}); registered "

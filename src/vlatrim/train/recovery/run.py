@@ -65,6 +65,8 @@ def load_recoverable(path: str | Path, what: str) -> tuple[PolicyFamily, nn.Modu
     if not (path / "config.json").is_file():
         raise VlatrimError(f"{what} {str(path)!r} is not a checkpoint directory (no config.json)")
     family = family_of(path)
+    if why := family.refusal():
+        raise VlatrimError(f"{what} {str(path)!r} cannot be fine-tuned: {why}")
     if not family.trains_policies:
         raise VlatrimError(f"{what} {str(path)!r} is a {family.name} model; recovery trains policies that compute an "
                            f"action loss (families: {', '.join(n for n in FAMILIES.in_order() if FAMILIES.get(n).trains_policies)})")
