@@ -3,6 +3,7 @@ stages, resume, study.json schema, report.html."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -87,9 +88,12 @@ def test_report_has_tables_images_and_settings(study) -> None:
     out, s, _ = study
     page = (out / "report.html").read_text()
     assert s["report"] == "report.html"
-    assert set(s["plots"]) == {"offline_l1_vs_blocks.png", "efficiency_vs_blocks.png", "scorers.png"}
+    assert set(s["plots"]) == {"offline_l1_vs_blocks.png", "efficiency_vs_blocks.png", "scorers.png", "pareto.png"}
     imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(imgs) == 3 and all(len(i) > 1000 for i in imgs)  # embedded, self-contained
+    assert len(imgs) == 4 and all(len(i) > 1000 for i in imgs)  # embedded, self-contained
+    # The first lines after the title state the headline, which study.json carries too.
+    assert s["headline"] and s["headline"][0].startswith("1 of 2 blocks removed (drop_one): L1 ")
+    assert page.index(html.escape(s["headline"][0])) < page.index("<h2>")
     assert page.count("<table>") >= 3 and "drop_one-drop1" in page and "Spearman vs drop-one" in page
     assert '"train_preset": "tiny"' in page and "Device" in page
     for n in s["notes"]:
@@ -195,6 +199,64 @@ def test_budget_axis_runs_every_variant_and_the_control_at_each_budget(dataset, 
     assert curve["meets_control_step_matched_at"] == step
     assert "quality_vs_budget.png" in s["plots"] and (out / "quality_vs_budget.png").is_file()
     assert "<h2>Recovery budget</h2>" in (out / "report.html").read_text()
+
+
+def test_quantization_stage_quantizes_every_variant_evaluates_and_benches_it(dataset, tmp_path) -> None:
+    out = tmp_path / "q"
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset), "--quantize", "int8-weight"]) == 0
+    s = json.loads((out / "study.json").read_text())
+    rows = {r["name"]: r for r in s["variants"]}
+    floats = [n for n, r in rows.items() if r["kind"] != "quantized"]
+    assert sorted(n for n, r in rows.items() if r["kind"] == "quantized") == sorted(f"{n}+int8-weight" for n in floats)
+    for n in floats:
+        f, q = rows[n], rows[f"{n}+int8-weight"]
+        assert (q["quantized_from"], q["quantized_kind"], q["scheme"]) == (n, f["kind"], "int8-weight")
+        assert q["blocks_kept"] == f["blocks_kept"] and q["params_total"] == f["params_total"]
+        # Benched once per architecture: a quantized recovered model takes its quantized pruned model's figures.
+        assert q["bench_of"] == f"{f['bench_of']}+int8-weight" and q["latency_full_ms"] > 0
+        assert q["weight_bytes"] < 0.6 * f["weight_bytes"]  # tiny model: convolutions and norms stay float
+        # Evaluated on the same held-out episodes: int8 weights move the action error only a little.
+        assert q["offline_l1"] == pytest.approx(f["offline_l1"], rel=0.05) and q["offline_l1"] != f["offline_l1"]
+        assert (out / "quantized/int8-weight" / n / "model/checkpoint/config.json").is_file()
+    assert "pareto.png" in s["plots"] and (out / "pareto.png").is_file()
+    assert any(line.startswith("The same model quantized int8-weight: L1 ") for line in s["headline"])
+    # Resuming finds every stage done, the quantized ones included.
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset), "--quantize", "int8-weight",
+                 "--resume"]) == 0
+    again = json.loads((out / "study.json").read_text())
+    assert all(v["status"] == "resumed" for v in again["stages"].values())
+    assert main(["study", "--out", str(tmp_path / "bad"), "--preset", "tiny", "--data", str(dataset),
+                 "--quantize", "int3"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_pareto_front_and_headline_from_rows() -> None:
+    from vlatrim.study.plots import pareto_front
+    from vlatrim.study.results import headline
+
+    # (cost, success): (2, 0.5) is beaten by (1, 0.6); (3, 0.9) is the best at its cost.
+    assert pareto_front([(2.0, 0.5), (1.0, 0.6), (3.0, 0.9), (3.0, 0.8)]) == [1, 2]
+    assert pareto_front([(1.0, 0.2), (2.0, 0.1)], higher_is_better=False) == [0, 1]  # L1: lower is better
+
+    def row(name, kind, removed, success, lat, **kw):
+        return {"name": name, "kind": kind, "removed": removed, "scorer": "drop_one", "method": "full",
+                "success_rate": success, "success_wilson95": [success - 0.1, min(success + 0.1, 1.0)],
+                "offline_l1": None, "latency_full_ms": lat, "latency_backbone_ms": lat / 2, "params_total": 100 - 10 * removed,
+                "weight_bytes": (100 - 10 * removed) * 2**20, "recover_steps": 320, "budget_fraction": None, **kw}
+    rows = [row("base", "base", 0, 0.8, 10.0, method=None), row("control-full", "control", 0, 0.85, 10.0),
+            row("d2", "dropped", 2, 0.3, 8.0), row("d4", "dropped", 4, 0.1, 5.0),
+            row("d2-full", "recovered", 2, 0.9, 8.0, bench_of="d2"), row("d4-full", "recovered", 4, 0.7, 5.0, bench_of="d4"),
+            row("d2-full+int8-weight", "quantized", 2, 0.88, 9.0, bench_of="d2+int8-weight", quantized_from="d2-full",
+                scheme="int8-weight"),
+            row("d2+int8-weight", "quantized", 2, 0.3, 9.0, weight_bytes=20 * 2**20)]
+    lines = headline(rows, 6)
+    # 4 removed falls short of the control (0.70 < 0.85); 2 removed meets it.
+    assert lines[0] == ("2 of 6 blocks removed (drop_one): 0.30 [0.20, 0.40] -> 0.90 [0.80, 1.00] after 320 steps of full "
+                        "recovery, which meets the unpruned model fine-tuned with the same budget (0.85 [0.75, 0.95]); "
+                        "backbone 1.2x faster, full forward 1.2x faster, 0.80x the parameters.")
+    assert lines[1] == ("The same model quantized int8-weight: 0.88 [0.78, 0.98] (float 0.90 [0.80, 1.00]), weights 80.0 -> "
+                        "20.0 MiB (0.25x), full forward 8.00 -> 9.00 ms.")
+    assert headline([r for r in rows if r["kind"] != "recovered"], 6) == []
 
 
 def test_budget_curves_step_and_flop_matched() -> None:

@@ -65,6 +65,10 @@ class StudyCommand:
     """Recovery budgets as fractions of the base's training steps, comma-separated (e.g. 0.1,0.2,0.5,1.0):
     every pruned variant and the unpruned control are fine-tuned at each, and the report plots quality
     against budget, step-matched and FLOP-matched. Default: the preset's (one budget of --recover-steps)."""
+    quantize: tuple[str, ...] | None = None
+    """Quantization schemes, comma-separated (int8-weight, int8-dynamic, int4-weight; see `vlatrim quantize`):
+    the base, every pruned variant and every fine-tuned model are also quantized, evaluated and benched, and
+    the report adds success against latency and weight memory (a Pareto plot). Default: the preset's (none)."""
     eval_episodes: int | None = None
     """Closed-loop episodes per task. Default: the preset's."""
     closed_loop: bool | None = None
@@ -88,7 +92,7 @@ class StudyCommand:
             tasks=_items(self.tasks), protocol=self.protocol, target_tasks=_items(self.target_tasks), ratios=_floats(self.ratios, "--ratios"), scorers=_items(self.scorer),
             methods=_items(self.methods),
             episodes_per_task=self.episodes_per_task, train_steps=self.train_steps, recover_steps=self.recover_steps,
-            recover_budgets=_floats(self.recover_budgets, "--recover-budgets"),
+            recover_budgets=_floats(self.recover_budgets, "--recover-budgets"), quantize=_items(self.quantize),
             eval_episodes=self.eval_episodes, closed_loop=self.closed_loop, device=self.device))
         for d in (self.data, self.target_data):
             if d is not None:  # a damaged dataset is refused before the study writes anything

@@ -65,6 +65,10 @@ class StudyConfig:
     Empty: one budget of ``recover_steps``."""
     recover_lr: float | None = None
     """Peak learning rate of recovery; None: recovery's default."""
+    quantize: tuple[str, ...] = ()
+    """Quantization schemes (``vlatrim quantize``: int8-weight, int8-dynamic, int4-weight) applied to the base,
+    every pruned variant and every fine-tuned model; each quantized model is evaluated and benched beside
+    its float source (the report's Pareto plot). Empty: no quantization stage."""
     eval_episodes: int = 10
     """Closed-loop evaluation episodes per task (unseen start configurations)."""
     eval_max_steps: int = 200
@@ -127,6 +131,11 @@ class StudyConfig:
         missing = [s for s in self.scorers if s not in self.analysis_scorers]
         if missing:  # the sweep's scorers are always computed
             self.analysis_scorers = self.analysis_scorers + tuple(missing)
+        from vlatrim.quantize.schemes import SCHEMES
+
+        self.quantize = tuple(dict.fromkeys(self.quantize))
+        for q in self.quantize:
+            SCHEMES.get(q)
         for m in self.methods:
             if m not in RECOVERY_METHODS:
                 raise VlatrimError(f"recovery method {m!r} is not valid; valid: {', '.join(RECOVERY_METHODS)}")

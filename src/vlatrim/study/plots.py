@@ -1,5 +1,6 @@
 """The study's figures (matplotlib, PNG): quality vs blocks kept (base / dropped / recovered),
-latency and parameters vs blocks kept, and the block scorers side by side."""
+latency and parameters vs blocks kept, the block scorers side by side, quality vs recovery budget, and
+quality vs latency and weight memory for every variant, float and quantized (the Pareto plot)."""
 
 from __future__ import annotations
 
@@ -147,10 +148,70 @@ def _budgets(study: dict[str, Any], out: Path) -> str | None:
     return "quality_vs_budget.png"
 
 
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[int]:
+    """Indices of the points (cost, quality) that no other point beats: none costs no more and is at least
+    as good with one of the two strictly better. Ordered by cost."""
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        ga = a[1] >= b[1] if higher_is_better else a[1] <= b[1]
+        strictly = a[0] < b[0] or (a[1] > b[1] if higher_is_better else a[1] < b[1])
+        return a[0] <= b[0] and ga and strictly
+    front = [i for i, p in enumerate(points) if not any(beats(q, p) for j, q in enumerate(points) if j != i)]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+_KIND_STYLE = {"base": ("*", 11), "control": ("P", 8), "dropped": ("o", 6), "recovered": ("s", 6)}
+
+
+def _pareto(study: dict[str, Any], out: Path) -> str | None:
+    """Quality against latency and against weight memory for every variant, float and quantized (95% Wilson
+    intervals), with the Pareto front of each panel: what each cut and each quantization buys."""
+    rows = study["variants"]
+    use_success = any(r.get("success_rate") is not None for r in rows)
+    key = "success_rate" if use_success else "offline_l1"
+    rows = [r for r in rows if r.get(key) is not None and r.get("latency_full_ms") is not None]
+    if len(rows) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    schemes = sorted({r["scheme"] for r in rows if r.get("scheme")})
+    for ax, (cost, label, scale) in zip(axes, (("latency_full_ms", f"full forward latency, ms (median, {study['device']['type']})", 1.0),
+                                              ("weight_bytes", "weights, MiB", 2.0 ** -20)), strict=True):
+        pts = [r for r in rows if r.get(cost) is not None]
+        for r in pts:
+            kind = r.get("quantized_kind") or r["kind"]
+            marker, size = _KIND_STYLE.get(kind, ("o", 6))
+            color = "black" if not r.get("scheme") else colors[(1 + schemes.index(r["scheme"])) % len(colors)]
+            y = r[key]
+            w = r.get("success_wilson95") if use_success else None
+            yerr = [[y - w[0]], [w[1] - y]] if w else None
+            ax.errorbar([r[cost] * scale], [y], yerr=yerr, marker=marker, ms=size, color=color, capsize=2,
+                        mfc="none" if kind == "dropped" else color, ls="none")
+            ax.annotate(r["name"], (r[cost] * scale, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front([(r[cost], r[key]) for r in pts], higher_is_better=use_success)
+        ax.plot([pts[i][cost] * scale for i in front], [pts[i][key] for i in front], color="gray", ls="--", lw=1,
+                drawstyle="steps-post" if use_success else "default", label="Pareto front")
+        ax.set_xlabel(label)
+        ax.set_ylabel("closed-loop success rate" if use_success else "held-out action L1 (lower is better)")
+        if use_success:
+            ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker=m, ms=s, color="black", ls="none", mfc="none" if k == "dropped" else "black",
+                          label=k) for k, (m, s) in _KIND_STYLE.items()]
+    handles += [plt.Line2D([], [], marker="o", color=colors[(1 + i) % len(colors)], ls="none", label=f"+ {s}")
+                for i, s in enumerate(schemes)]
+    handles.append(plt.Line2D([], [], color="gray", ls="--", label="Pareto front"))
+    axes[1].legend(handles=handles, fontsize=7)
+    fig.suptitle("quality vs cost, every variant" + (" (float and quantized)" if schemes else ""))
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+    plt.close(fig)
+    return "pareto.png"
+
+
 def write_plots(study: dict[str, Any], out: str | Path) -> list[str]:
     """Write the study's PNGs into ``out``; returns their file names (figures without data are skipped)."""
     out = Path(out)
     made = [_quality(study, out, "success_rate", "closed-loop success rate", "success_vs_blocks.png"),
             _quality(study, out, "offline_l1", "held-out action L1 (lower is better)", "offline_l1_vs_blocks.png"),
-            _efficiency(study, out), _scorers(study, out), _budgets(study, out)]
+            _efficiency(study, out), _scorers(study, out), _budgets(study, out), _pareto(study, out)]
     return [m for m in made if m]

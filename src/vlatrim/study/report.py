@@ -14,7 +14,7 @@ COLUMNS = [("name", "variant"), ("kind", "kind"), ("blocks_kept", "blocks kept")
            ("success_rate", "success"), ("offline_l1", "held-out L1"), ("params_total", "params"),
            ("params_backbone", "backbone params"), ("flops_full", "GFLOPs"), ("latency_full_ms", "full ms"),
            ("latency_backbone_ms", "backbone ms"), ("query_hz", "Hz"), ("actions_per_s", "actions/s"),
-           ("peak_memory_bytes", "peak MiB")]
+           ("weight_bytes", "weights MiB"), ("peak_memory_bytes", "peak MiB")]
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -22,7 +22,7 @@ def _fmt(key: str, v: Any) -> str:
         return "&ndash;"
     if key == "flops_full":
         return f"{v / 1e9:.3f}"
-    if key == "peak_memory_bytes":
+    if key in ("peak_memory_bytes", "weight_bytes"):
         return f"{v / 2**20:.1f}"
     if key in ("params_total", "params_backbone"):
         return f"{v:,}"
@@ -62,6 +62,7 @@ def render(study: dict[str, Any], out: Path) -> str:
              ".note{background:#fff6d6;border-left:4px solid #e0b000;padding:6px 10px;margin:6px 0}"
              "pre{background:#f6f6f6;padding:8px;font-size:12px;overflow-x:auto}img{max-width:100%}",
              "</style></head><body>", "<h1>vlatrim drop-then-recovery study</h1>",
+             *[f"<p class='headline'><b>{html.escape(line)}</b></p>" for line in study.get("headline") or []],
              f"<p>Created {html.escape(study['created'])} on {html.escape(study['device']['type'])} "
              f"({html.escape(str(study['device'].get('name')))}, torch {html.escape(study['device']['torch'])}). "
              f"Base model: {study['base']['num_blocks']} language blocks at "
@@ -75,8 +76,9 @@ def render(study: dict[str, Any], out: Path) -> str:
                      f"result on the targets, and the control is the unpruned base fine-tuned on them.</p>")
     for n in study["notes"]:
         parts.append(f"<div class='note'>{html.escape(n)}</div>")
-    parts.append("<h2>Variants</h2>")
-    rows = [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in study["variants"]]
+    parts.append("<h2>Variants</h2><p>success: closed-loop success rate with its 95% Wilson interval.</p>")
+    rows = [[_rate({"success_rate": r.get("success_rate"), "wilson95": r.get("success_wilson95")})
+             if k == "success_rate" else _fmt(k, r.get(k)) for k, _ in COLUMNS] for r in study["variants"]]
     parts.append(_table([h for _, h in COLUMNS], rows))
     if study.get("budget_curves"):
         parts.append("<h2>Recovery budget</h2>")

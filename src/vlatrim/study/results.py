@@ -15,7 +15,7 @@ from vlatrim.study.store import StageLog
 
 # Row fields, in table order (docs/study.md documents each).
 METRICS = ("offline_l1", "success_rate", "params_total", "params_backbone", "flops_full", "latency_full_ms",
-           "latency_backbone_ms", "query_hz", "actions_per_s", "peak_memory_bytes")
+           "latency_backbone_ms", "query_hz", "actions_per_s", "peak_memory_bytes", "weight_bytes")
 
 
 def _bench_row(entry: dict[str, Any] | None) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def _bench_row(entry: dict[str, Any] | None) -> dict[str, Any]:
             "latency_full_ms": lat["full"]["eager"].get("median_ms"),
             "latency_backbone_ms": lat["backbone"]["eager"].get("median_ms"),
             "query_hz": ctrl.get("query_hz"), "actions_per_s": ctrl.get("actions_per_s"),
-            "peak_memory_bytes": entry["memory"].get("peak_bytes")}
+            "peak_memory_bytes": entry["memory"].get("peak_bytes"), "weight_bytes": entry.get("weight_bytes")}
 
 
 def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dict[str, Any],
@@ -43,7 +43,8 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
         closed = ev.get("closed_loop")
         closed_reason = closed_reason or ev.get("closed_loop_unavailable")
         b = name_to_bench.get(v.get("bench_of", v["name"]))
-        row = {k: v.get(k) for k in ("name", "kind", "scorer", "method", "removed", "blocks_kept", "kept_blocks")}
+        row = {k: v.get(k) for k in ("name", "kind", "scorer", "method", "removed", "blocks_kept", "kept_blocks",
+                                     "scheme", "quantized_from", "quantized_kind")}
         row.update({"path": str(Path(v["path"]).relative_to(out.resolve()) if Path(v["path"]).is_relative_to(out.resolve()) else v["path"]),
                     "offline_l1": (ev.get("offline") or {}).get("l1"),
                     "success_rate": closed.get("success_rate") if closed else None,
@@ -74,7 +75,11 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
                      "ratios within this run rather than absolute milliseconds across machines.")
     notes.append("Recovered variants keep their pruned model's architecture; their efficiency columns are those of "
                  "the pruned model they came from (bench_of).")
+    if any(r["kind"] == "quantized" for r in rows):
+        notes.append("Quantized variants (name+scheme) are the float variant they name, quantized after pruning and "
+                     "fine-tuning by `vlatrim quantize`; they are evaluated on the same episodes.")
     curves = budget_curves(rows) if cfg.recover_budgets else []
+    lines = headline(rows, analysis["num_blocks"])
     return {
         "schema_version": schema,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -85,6 +90,7 @@ def assemble(cfg: StudyConfig, out: Path, results: dict[str, Any], analysis: dic
         **({"target_data": results["target_data"]} if "target_data" in results else {}),
         "base": {"num_blocks": analysis["num_blocks"], "blocks_path": analysis["blocks_path"]},
         "analysis": {"path": "analysis/analysis.json", "scorers": analysis["scorers"]},
+        "headline": lines,
         "variants": rows,
         **({"budget_curves": curves} if curves else {}),
         "bench": {"path": "bench/bench.json", "notes": bench.get("notes", [])},
@@ -144,3 +150,71 @@ def budget_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"scorer": scorer, "removed": removed, "method": method, "points": pts, "control": control,
                         "meets_control_step_matched_at": step_meet, "meets_control_flop_matched_at": flop_meet})
     return out
+
+
+def quality_text(r: dict[str, Any] | None) -> str:
+    """A row's quality for people: success with its 95% interval, else the held-out L1."""
+    if r is None:
+        return "-"
+    if r.get("success_rate") is not None:
+        w = r.get("success_wilson95")
+        return f"{r['success_rate']:.2f}" + (f" [{w[0]:.2f}, {w[1]:.2f}]" if w else "")
+    return f"L1 {r['offline_l1']:.4f}" if r.get("offline_l1") is not None else "-"
+
+
+def _better_or_equal(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    if b is None:
+        return False
+    p = _at_least({"success_rate": a.get("success_rate"), "offline_l1": a.get("offline_l1")},
+                  {"success_rate": b.get("success_rate"), "offline_l1": b.get("offline_l1")})
+    return bool(p)
+
+
+def headline(rows: list[dict[str, Any]], num_blocks: int) -> list[str]:
+    """The study's answer in a few lines: the largest cut whose recovered model meets the unpruned reference
+    (the control fine-tuned with the same budget, else the base), what it cost before recovery and what it
+    buys; then what quantizing that model adds. Empty when nothing was recovered."""
+    by_name = {r["name"]: r for r in rows}
+    base = next((r for r in rows if r["kind"] == "base"), None)
+    recovered = [r for r in rows if r["kind"] == "recovered"]
+    if base is None or not recovered:
+        return []
+    top = max((r.get("budget_fraction") or 0.0) for r in recovered)
+    recovered = [r for r in recovered if (r.get("budget_fraction") or 0.0) == top]
+
+    def reference(r: dict[str, Any]) -> dict[str, Any] | None:
+        return next((c for c in rows if c["kind"] == "control" and c.get("method") == r.get("method")
+                     and c.get("budget_fraction") == r.get("budget_fraction")), None)
+
+    meeting = [r for r in recovered if _better_or_equal(r, reference(r) or base)]
+    if meeting:
+        best = max(meeting, key=lambda r: (r["removed"], r.get("success_rate") or 0.0))
+        verdict = "meets"
+    else:
+        best = max(recovered, key=lambda r: (r.get("success_rate") if r.get("success_rate") is not None
+                                              else -(r.get("offline_l1") or 0.0), r["removed"]))
+        verdict = "does not reach"
+    ref = reference(best)
+    dropped = by_name.get(best.get("bench_of") or "")
+    steps = best.get("recover_steps")
+    line = (f"{best['removed']} of {num_blocks} blocks removed ({best.get('scorer')}): {quality_text(dropped)} -> "
+            f"{quality_text(best)} after {steps} steps of {best.get('method')} recovery, which {verdict} the unpruned "
+            + (f"model fine-tuned with the same budget ({quality_text(ref)})" if ref else f"base ({quality_text(base)})"))
+    speed = []
+    if dropped and dropped.get("latency_backbone_ms") and base.get("latency_backbone_ms"):
+        speed.append(f"backbone {base['latency_backbone_ms'] / dropped['latency_backbone_ms']:.1f}x faster")
+    if dropped and dropped.get("latency_full_ms") and base.get("latency_full_ms"):
+        speed.append(f"full forward {base['latency_full_ms'] / dropped['latency_full_ms']:.1f}x faster")
+    if dropped and dropped.get("params_total") and base.get("params_total"):
+        speed.append(f"{dropped['params_total'] / base['params_total']:.2f}x the parameters")
+    lines = [line + ("; " + ", ".join(speed) if speed else "") + "."]
+    for q in (r for r in rows if r["kind"] == "quantized" and r.get("quantized_from") == best["name"]):
+        parts = [f"quantized {q['scheme']}: {quality_text(q)} (float {quality_text(best)})"]
+        qb = by_name.get(q.get("bench_of") or "")
+        if qb and dropped and qb.get("weight_bytes") and dropped.get("weight_bytes"):
+            parts.append(f"weights {dropped['weight_bytes'] / 2**20:.1f} -> {qb['weight_bytes'] / 2**20:.1f} MiB "
+                         f"({qb['weight_bytes'] / dropped['weight_bytes']:.2f}x)")
+        if qb and dropped and qb.get("latency_full_ms") and dropped.get("latency_full_ms"):
+            parts.append(f"full forward {dropped['latency_full_ms']:.2f} -> {qb['latency_full_ms']:.2f} ms")
+        lines.append("The same model " + ", ".join(parts) + ".")
+    return lines

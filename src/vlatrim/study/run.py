@@ -87,13 +87,13 @@ class _Evaluator:
         return self._frames
 
     def __call__(self, model_dir: Path, work: Path) -> dict[str, Any]:
-        from vlatrim.prune import load_pruned
+        from vlatrim.families import family_of
         from vlatrim.train.data import ChunkDataset, split_episodes
         from vlatrim.train.evaluate import offline_action_error
 
         frames = self.frames()
         _, val_eps = split_episodes(frames, self.val_fraction)
-        model = load_pruned(model_dir).to(self.device).eval()
+        model = family_of(model_dir).load(model_dir, device=self.device).eval()  # float or quantized
         offline = None
         if val_eps:
             offline = offline_action_error(model, ChunkDataset(frames, val_eps, model.config.chunk_size, model.tokenize))
@@ -255,6 +255,20 @@ def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, prog
             unavailable["recover"] = str(e)
             return None
 
+    def quantize_stage(v: dict[str, Any], scheme: str) -> dict[str, Any]:
+        """The quantized copy of variant ``v`` (stage quantized/SCHEME/NAME) and its evaluation."""
+        from vlatrim.families.quantized import quantize_checkpoint
+
+        qdir = f"quantized/{scheme}/{v['name']}"
+        rep = run_stage(out, f"{qdir}/model", lambda d: quantize_checkpoint(v["path"], scheme, d / "checkpoint",
+                                                                            device=device), slog)
+        path = out / qdir / "model" / "checkpoint"
+        keep = ("scorer", "method", "removed", "blocks_kept", "kept_blocks", "budget_fraction", "recover")
+        return {**{k: v[k] for k in keep if k in v}, "name": f"{v['name']}+{scheme}", "kind": "quantized",
+                "quantized_kind": v["kind"], "quantized_from": v["name"], "scheme": scheme, "path": str(path),
+                "quantize": {"bytes": rep["bytes"], "file_bytes": rep["file_bytes"], "modules": rep["modules_quantized"]},
+                "bench_of": f"{v.get('bench_of', v['name'])}+{scheme}", "eval": eval_stage(f"{qdir}/eval", path)}
+
     variants: list[dict[str, Any]] = []
     variants.append({"name": "base", "kind": "base", "path": str(base), "blocks_kept": n_blocks,
                      "kept_blocks": list(range(n_blocks)), "removed": 0, "eval": eval_stage("base_eval", base)})
@@ -287,8 +301,12 @@ def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, prog
                                  "path": str(rdir), **common, "budget_fraction": frac, "recover": _recover_summary(rec),
                                  "bench_of": vname, "eval": eval_stage(f"{vdir}/eval_recovered-{method}{suffix}", rdir)})
 
-    # Every pruned architecture once: recovered models keep their pruned model's shapes.
-    bench_models = [v for v in variants if v["kind"] in ("base", "dropped")]
+    for scheme in cfg.quantize:
+        variants += [quantize_stage(v, scheme) for v in list(variants) if v["kind"] != "quantized"]
+
+    # Every pruned architecture once (float and quantized): recovered models keep their pruned model's shapes.
+    bench_models = [v for v in variants if v["kind"] in ("base", "dropped")
+                    or (v["kind"] == "quantized" and v["quantized_kind"] in ("base", "dropped"))]
 
     def bench(d: Path) -> dict[str, Any]:
         from vlatrim.bench.run import run_bench
