@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,52 @@ def test_report_has_tables_images_and_settings(study) -> None:
     for n in s["notes"]:
         assert n.split("(")[0].strip() in page.replace("&#x27;", "'")
     assert "src='http" not in page and "<script" not in page
+
+
+# Appended to a copy of report.html: once the page has loaded, it writes what the browser shows (each image's
+# decoded size, the variants table's cell texts) into a <pre id="probe"> that --dump-dom prints.
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight}));
+  const table = document.querySelector('table');
+  const rows = [...table.querySelectorAll('tbody tr')].map(tr => [...tr.cells].map(td => td.textContent));
+  const head = [...table.querySelectorAll('thead th')].map(th => th.textContent);
+  const pre = document.createElement('pre'); pre.id = 'probe';
+  pre.textContent = JSON.stringify({imgs, head, rows}); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian's chromium package; .ci/run installs it)")
+def test_report_opens_in_headless_chromium_with_every_plot_and_the_study_numbers(study, tmp_path) -> None:
+    out, s, _ = study
+    page = (out / "report.html").read_text()
+    probe = tmp_path / "report_probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=180)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, res.stderr[-2000:]
+    seen = json.loads(html.unescape(m.group(1)))
+    # Every plot study.json lists is an image the browser decoded (a broken one has natural size 0).
+    assert sorted(i["alt"] for i in seen["imgs"]) == sorted(s["plots"])
+    assert all(i["w"] > 100 and i["h"] > 100 for i in seen["imgs"])
+    # The variants table, as rendered, holds study.json's numbers.
+    col = {h: i for i, h in enumerate(seen["head"])}
+    assert len(seen["rows"]) == len(s["variants"])
+    for cells, v in zip(seen["rows"], s["variants"], strict=True):
+        assert cells[col["variant"]] == v["name"]
+        assert cells[col["held-out L1"]] == f"{v['offline_l1']:.3f}"
+        assert cells[col["params"]] == f"{v['params_total']:,}"
+        assert cells[col["full ms"]] == f"{v['latency_full_ms']:.2f}"
+        assert cells[col["weights MiB"]] == f"{v['weight_bytes'] / 2**20:.1f}"
+        sr, w = v["success_rate"], v["success_wilson95"]
+        assert cells[col["success"]] == ("\u2013" if sr is None else f"{sr:.2f} [{w[0]:.2f}, {w[1]:.2f}]")
 
 
 def test_resume_skips_finished_stages(study, tmp_path) -> None:
