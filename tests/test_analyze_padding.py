@@ -114,3 +114,33 @@ def test_reference_vla_masks_only_the_instruction_padding(caplog):
     assert "does not match" in caplog.text
     d0 = (1 - F.cosine_similarity(hs[0], hs[1], dim=-1)).mean()
     assert plain.scores[handle.blocks_path][0].item() == pytest.approx(d0.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["head_magnitude", "channel_magnitude"])
+def test_magnitude_scorers_average_over_real_tokens_only(name):
+    from vlatrim.analyze.width import channel_units, head_units
+
+    model = _regressor("bert")
+    batches = _padded_batches()
+    ctx = _ctx(model, batches)
+    units = (head_units if name == "head_magnitude" else channel_units)(ctx)
+    got = SCORERS.get(name)().score(ctx).scores
+    seen: dict[int, list[torch.Tensor]] = {}
+    hooks = [mod.register_forward_pre_hook(lambda m, a, i=i: seen.setdefault(i, []).append(a[0].detach()))
+             for i, (_, mod, _, _) in enumerate(units)]
+    with torch.no_grad():
+        for b in batches:
+            model.compute_loss(b)  # the forward the scorer runs
+    for h in hooks:
+        h.remove()
+    real = [b["attention_mask"].bool() for b in batches]
+    for i, (path, mod, n, w) in enumerate(units):
+        # Each unit's contribution x_u W_u^T at every real position, its norm averaged over the 54 of them.
+        x = torch.cat([xb[m] for xb, m in zip(seen[i], real)]).reshape(-1, n, w)
+        assert x.shape[0] == 54
+        W = mod.weight.reshape(mod.weight.shape[0], n, w)
+        norms = torch.stack([(x[:, u] @ W[:, u].T).norm(dim=-1) for u in range(n)], dim=1)  # (54, n)
+        assert got[path].tolist() == pytest.approx(norms.mean(0).tolist(), rel=1e-5)
+        every = torch.cat([xb.reshape(-1, n, w) for xb in seen[i]])  # padding included: another answer
+        padded = torch.stack([(every[:, u] @ W[:, u].T).norm(dim=-1) for u in range(n)], dim=1).mean(0)
+        assert got[path].tolist() != pytest.approx(padded.tolist(), rel=1e-3)

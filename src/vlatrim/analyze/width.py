@@ -54,27 +54,33 @@ def taylor(ctx: ScoringContext, units: list[Unit], desc: str) -> dict[str, torch
 
 @torch.no_grad()
 def magnitude(ctx: ScoringContext, units: list[Unit], desc: str) -> dict[str, torch.Tensor]:
-    """Mean over positions of the L2 norm of each unit's contribution to the projection's output.
+    """Mean over the real positions of the calibration set of the L2 norm of each unit's contribution
+    to the projection's output (padding positions, as ``ctx.real_positions`` marks them, do not count).
 
     For a unit with input slice x_u (..., w) and weight columns W_u (out, w) the contribution is
     x_u W_u^T; its norm is what removing the unit takes out of the residual stream (bias aside).
     """
     acc = [torch.zeros(n, dtype=torch.float64) for _, _, n, _ in units]
+    count = [0] * len(units)
+    language = ctx.handle.pathways()["language"][0]  # width units are the language backbone's
+    batch = None
 
     def fn(i: int, x: torch.Tensor) -> None:
         _, mod, n, w = units[i]
-        xu = x.reshape(-1, n, w).float()  # (P, n, w)
+        real = ctx.real_positions(batch, language, x) if x.dim() == 3 else None  # (B, S) or None
+        xu = (x[real] if real is not None else x).reshape(-1, n, w).float()  # (P, n, w): counted positions
         wu = mod.weight.float().reshape(mod.weight.shape[0], n, w)  # (out, n, w)
         # ||x_u W_u^T||^2 = x_u (W_u^T W_u) x_u^T: a w x w Gram per unit instead of a (P, n, out) tensor.
         gram = torch.einsum("onw,onv->nwv", wu, wu)  # (n, w, w)
         sq = torch.einsum("pnw,nwv,pnv->pn", xu, gram, xu)  # (P, n)
-        acc[i] += sq.clamp_min(0).sqrt().mean(0).double()
+        acc[i] += sq.clamp_min(0).sqrt().sum(0).double()
+        count[i] += sq.shape[0]
         return None
 
     with input_hooks([u[1] for u in units], fn):
-        for batch in ctx.iter_batches(desc):
+        for batch in ctx.iter_batches(desc):  # fn reads the current batch
             ctx.loss_value(batch)
-    return {u[0]: a / len(ctx.batches) for u, a in zip(units, acc)}
+    return {u[0]: a / max(c, 1) for u, a, c in zip(units, acc, count)}
 
 
 def kv_group_scores(ctx: ScoringContext, head_scores: dict[str, torch.Tensor]) -> dict[str, list[float]]:

@@ -44,7 +44,7 @@ from vlatrim.errors import VlatrimError
 from vlatrim.sim.backends import SimBackend, get_backend
 from vlatrim.sim.backends.base import EnvSpec
 from vlatrim.sim.metrics import wilson_interval
-from vlatrim.sim.policy import Policy, check_policy_io, policy_io, uses_images
+from vlatrim.sim.policy import Policy, check_policy_io, policy_io, unknown_token_counts, uses_images
 from vlatrim.sim.workers import Act, Failed, Observed, Reset, WorkerProcess
 from vlatrim.utils.lock import run_dir_lock
 from vlatrim.utils.rundir import check_same_inputs, check_same_settings, input_fingerprints
@@ -414,6 +414,7 @@ class _Run:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        tokens = _instruction_tokens(self.policy, self.backend, cfg.tasks)
         if self.spec.render:
             self.backend.prepare_render()
         t_start = time.perf_counter()
@@ -464,7 +465,28 @@ class _Run:
                             self.env_steps, self.n_calls, self.batch_sizes, self.policy_seconds, self.n_workers,
                             self.per_worker, resumed=self.resumed, backend=self.backend,
                             cameras=self.cameras if self.render else ())
+        if tokens is not None:
+            for task, (n, unk) in tokens.items():
+                result.per_task[task].update(instruction_tokens=n, unknown_tokens=unk)
+            total = sum(n for n, _ in tokens.values())
+            result.overall["unknown_token_share"] = sum(u for _, u in tokens.values()) / total if total else 0.0
         return result, self.videos
+
+
+def _instruction_tokens(policy: Policy, backend: SimBackend, tasks: Sequence[str]) -> dict[str, tuple[int, int]] | None:
+    """{task: (tokens, unknown tokens)} of each task's instruction as the policy reads it, and one warning
+    when any word is unknown to it (a cut vocabulary reads it as its unknown token, silently otherwise)."""
+    counts = unknown_token_counts(policy, [backend.instruction(t) for t in tasks])
+    if counts is None:
+        return None
+    out = dict(zip(tasks, counts, strict=True))
+    unknown = {t: u for t, (_, u) in out.items() if u}
+    if unknown:
+        total = sum(n for n, _ in out.values())
+        log.warning("%d of %d instruction tokens are unknown to the policy's tokenizer (read as its unknown token, "
+                    "e.g. after a vocabulary cut): %s; eval.json records them per task",
+                    sum(unknown.values()), total, ", ".join(f"{t} {u}" for t, u in unknown.items()))
+    return out
 
 
 def evaluate(

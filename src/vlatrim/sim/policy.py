@@ -86,6 +86,14 @@ class PolicyIO:
             raise VlatrimError(f"PolicyIO chunk_size must be >= 1, got {self.chunk_size!r}")
 
 
+def unknown_token_counts(policy: Any, instructions: list[str]) -> list[tuple[int, int]] | None:
+    """(tokens, unknown tokens) per instruction from the policy's optional ``unknown_tokens(texts)``
+    (a text policy whose vocabulary was cut reads unseen words as its unknown token); None when the
+    policy does not report it."""
+    fn = getattr(policy, "unknown_tokens", None)
+    return None if fn is None else [(int(t), int(u)) for t, u in fn(instructions)]
+
+
 def policy_io(policy: Any) -> PolicyIO | None:
     """The policy's declared ``io`` (None if it declares none)."""
     io = getattr(policy, "io", None)

@@ -31,6 +31,15 @@ class ReferenceVLAPolicy:
                            cameras=("corner",), image_size=cfg.image_size, chunk_size=cfg.chunk_size)
         self.name = f"vlatrim_vla({model.config.backbone_name or type(model.backbone).__name__})"
 
+    def unknown_tokens(self, instructions: list[str]) -> list[tuple[int, int]]:
+        """(tokens, unknown tokens) of each instruction as the model reads it. After a vocabulary cut the
+        tokenizer maps words whose pieces were removed to its unknown token: the evaluator reports that."""
+        ids, mask = self.model.tokenize(instructions)
+        unk = getattr(self.model.tokenizer, "unk_token_id", None)
+        real = mask.bool()
+        unknown = (ids == unk) & real if unk is not None else torch.zeros_like(real)
+        return [(int(r.sum()), int(u.sum())) for r, u in zip(real, unknown, strict=True)]
+
     def reset(self, n: int) -> None:
         """Nothing to reset: the model is stateless between observations."""
 
