@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from vlatrim.cli.main import main
 from vlatrim.models.adapters import locate_backbone
 from vlatrim.models.adapters.tiny import TINY_MODELS
 from vlatrim.prune import load_pruned, load_tokenizer
+from vlatrim.prune.save import TOKENIZER_FILES
 from vlatrim.utils.hashing import dir_sha256
 
 
@@ -219,6 +221,11 @@ def test_vocab_cut_with_a_bpe_tokenizer_goes_through_the_vocab_map(tmp_path: Pat
     assert _prune("--model", str(src), "--out", str(out), "--vocab-from", str(data)) == 0
     rep = json.loads((out / "prune.json").read_text())
     assert rep["vocab"]["tokenizer"] == "vocab_map" and (out / "vocab_map.json").is_file()
+    # The old-id tokenizer files are kept only under original_tokenizer/: none beside the weights.
+    assert not [f.name for f in out.iterdir() if f.name in TOKENIZER_FILES]
+    assert (out / "original_tokenizer" / "tokenizer.json").is_file()
+    with pytest.raises((OSError, ValueError)):  # transformers 4 / 5
+        AutoTokenizer.from_pretrained(out)  # fails loudly instead of handing out ids past the embedding
     orig, pruned = load_pruned(src), load_pruned(out)
     tok0, tok1 = load_tokenizer(src), load_tokenizer(out)
     kept = rep["plan"]["vocab"]
@@ -232,6 +239,11 @@ def test_vocab_cut_with_a_bpe_tokenizer_goes_through_the_vocab_map(tmp_path: Pat
         assert tok1.decode(e1["input_ids"][0]) == tok0.decode(e0["input_ids"][0])
     with pytest.raises(Exception, match="were removed from the vocabulary"):
         tok1("turn the faucet left")
+    # analyze's text calibration (the transformers family) reads the pruned ids too.
+    from vlatrim.families import family_of
+
+    fam_tok = family_of(out).tokenizer(pruned)
+    assert fam_tok(texts[1], return_tensors="pt")["input_ids"].tolist() == tok1(texts[1], return_tensors="pt")["input_ids"].tolist()
 
 
 def test_plain_mlp_at_hidden_width_is_refused_before_cutting(tmp_path: Path, capsys) -> None:

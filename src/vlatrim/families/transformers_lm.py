@@ -94,15 +94,18 @@ class TransformersFamily(PolicyFamily):
         return LossInfo("nll", MAX_TOKENS - 1, "next-token cross-entropy")
 
     def tokenizer(self, model: nn.Module) -> Any:
-        from transformers import AutoTokenizer
+        """The model directory's tokenizer; after a vocabulary cut that could not rewrite it, the original
+        mapped to the pruned ids (``vlatrim.prune.load_tokenizer``)."""
+        from vlatrim.prune import load_tokenizer
 
         src = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
         try:
-            tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+            tok = load_tokenizer(str(src))
         except (OSError, ValueError, TypeError):
             raise VlatrimError(f"model directory {src!r} has no tokenizer; text calibration needs one") from None
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        inner = getattr(tok, "tokenizer", tok)  # a RemappedTokenizer pads with its original's pad token
+        if inner.pad_token is None:
+            inner.pad_token = inner.eos_token
         return tok
 
     def dataset(self, model: nn.Module, data: Path, split: Split = "train", val_fraction: float = 0.1) -> SampleSet:

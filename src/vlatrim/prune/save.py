@@ -9,7 +9,10 @@ normalisation stats, and the module folders other tools load with the model: sen
 ``openvino/``, ``*.onnx``) and hidden files. When a vocabulary cut rewrites the tokenizer, every
 tokenizer file copied from the source speaks the old ids: they are removed, the rewritten tokenizer
 is saved in each folder that held one, and a WordPiece ``vocab.txt`` is rewritten in the new id
-order, so that every tokenizer file the directory keeps gives the pruned model's ids.
+order, so that every tokenizer file the directory keeps gives the pruned model's ids. A BPE / Unigram
+tokenizer cannot be rewritten: its files move to ``original_tokenizer/`` (old ids), and
+``load_tokenizer`` maps them through ``vocab_map.json``; no tokenizer file left beside the weights
+speaks ids the model no longer has.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from vlatrim.prune.vocab import RemappedTokenizer, TokenRemap
 from vlatrim.utils.io import atomic_dir, read_json, write_json_atomic
 
 VOCAB_MAP = "vocab_map.json"
+ORIGINAL_TOKENIZER = "original_tokenizer"  # after a cut that could not rewrite the tokenizer: its files, old ids
 PRUNE_JSON = "prune.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 # Folders of a source tree that do not describe the pruned model: a training run's resumable state, and
@@ -76,6 +80,15 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
                 if rel.name in TOKENIZER_FILES:
                     stale_dirs[tmp / rel.parent] = stale_dirs.get(tmp / rel.parent, False) or rel.name == "vocab.txt"
                     (tmp / rel).unlink()
+        elif result.remap is not None:
+            # A BPE / Unigram tokenizer cannot be rewritten, and its files speak the old ids: a loader that
+            # read them here would feed ids past the cut embedding. They move to original_tokenizer/, which
+            # load_tokenizer() reads through vocab_map.json.
+            for rel in copied:
+                if rel.name in TOKENIZER_FILES:
+                    dest = tmp / rel.parent / ORIGINAL_TOKENIZER / rel.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / rel).rename(dest)
         if save_model is not None:
             save_model(result.model, tmp)
         else:
@@ -275,9 +288,9 @@ def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(path)
-    tok = AutoTokenizer.from_pretrained(path)
     if (path / VOCAB_MAP).is_file():
         vmap = read_json(path / VOCAB_MAP, "vocabulary map")
-        if not vmap.get("tokenizer_rewritten"):  # the saved tokenizer still speaks the old ids
-            return RemappedTokenizer(tok, TokenRemap.from_json(vmap))
-    return tok
+        if not vmap.get("tokenizer_rewritten"):  # the original tokenizer, which speaks the old ids, mapped
+            where = path / ORIGINAL_TOKENIZER if (path / ORIGINAL_TOKENIZER).is_dir() else path
+            return RemappedTokenizer(AutoTokenizer.from_pretrained(where, local_files_only=True), TokenRemap.from_json(vmap))
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
