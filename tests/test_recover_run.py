@@ -184,6 +184,13 @@ def test_bad_input_fails_before_anything_is_written(dirs, tmp_path, kwargs, mess
     assert not (tmp_path / "run").exists()
 
 
+def test_a_library_call_with_a_batch_larger_than_the_samples_writes_nothing(dirs, tmp_path):
+    # The CLI checks this from the dataset's metadata; a program calling recover() gets the same line.
+    with pytest.raises(VlatrimError, match=r"^batch size 4096 exceeds the \d+ training samples; lower --batch-size$"):
+        recover(dirs["pruned"], dirs["data"], tmp_path / "run", trainer=_trainer(batch_size=4096))
+    assert not (tmp_path / "run").exists()
+
+
 def test_teacher_with_other_normalization_fails_before_training(dirs, tmp_path):
     other = tmp_path / "other"
     vla = tiny_vla(synthetic_frames(seed=9), "llama", blocks=4)

@@ -160,6 +160,10 @@ class Trainer:
             raise VlatrimError(f"micro-batch {micro} (batch_size / grad_accum) is not divisible by "
                                f"the {n_proc} processes")
         self.micro_batch = micro
+        n_samples = len(train_data)  # library callers get the CLI's check too, before any file is written
+        if config.batch_size > n_samples:
+            raise VlatrimError(f"batch size {config.batch_size} exceeds the {n_samples} training samples; lower "
+                               "--batch-size")
         self.fsdp = is_fsdp(self.accelerator)
         if self.fsdp and not self.accelerator.is_fsdp2:
             raise VlatrimError("FSDP version 1 is not supported by the vlatrim trainer; set fsdp_version: 2 in the "
