@@ -106,6 +106,9 @@ def test_a_quantized_transformers_lm_with_tied_embeddings_reloads_exactly(tmp_pa
                                   "device); schemes this device runs: int8-dynamic, int8-weight"),
     (["--scheme", "int3"], "unknown quantization scheme 'int3'; valid: int4-weight, int8-dynamic, int8-weight"),
     (["--scheme", "int8-weight", "--device", "tpu"], "--device 'tpu' is not valid; valid: cpu, cuda, cuda:N, auto"),
+    pytest.param(["--scheme", "int8-weight", "--device", "cuda"],
+                 "--device 'cuda' needs CUDA, which this machine lacks; valid here: cpu, auto",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(dirs, tmp_path, capsys, args, line):
     if "int4" in line and "int4-weight" in runnable_schemes("cpu"):
@@ -114,6 +117,15 @@ def test_bad_input_is_one_line_and_writes_nothing(dirs, tmp_path, capsys, args, 
     assert main(["quantize", "--model", str(dirs["pruned"]), "--out", str(out), *args]) == 2
     assert capsys.readouterr().err == f"vlatrim: {line}\n"
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_cannot_be_written_is_one_line(dirs, tmp_path, capsys):
+    long = tmp_path / ("q" * 300)
+    assert main(["quantize", "--model", str(dirs["pruned"]), "--scheme", "int8-weight", "--out", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vlatrim: --out '{str(long)[:60]}...' has a 300-byte name; valid: names of at most ") \
+        and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_quantizing_a_quantized_checkpoint_or_into_an_existing_directory_is_refused(dirs, tmp_path, capsys):

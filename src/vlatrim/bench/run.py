@@ -34,7 +34,7 @@ from vlatrim.bench.params import count_params, params_by_component
 from vlatrim.bench.roofline import forward_weight_bytes, get_peaks, peaks_entry, roofline, with_measured
 from vlatrim.errors import VlatrimError
 from vlatrim.utils.device import resolve_device
-from vlatrim.utils.io import read_json, write_json_atomic
+from vlatrim.utils.io import check_name_lengths, read_json, write_json_atomic
 
 BENCH_SCHEMA_VERSION = 1
 BENCH_FILE = "bench.json"
@@ -262,14 +262,7 @@ def _ratios(models: list[dict[str, Any]]) -> None:
 def _check_out(out: Path, models: Sequence[str | os.PathLike]) -> None:
     """Refuse an ``--out`` that bench.json could not be written into, before any model is measured."""
     text = str(out)
-    limit = 255
-    with contextlib.suppress(OSError, ValueError):
-        anchor = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-        limit = os.pathconf(anchor if anchor.is_dir() else anchor.parent, "PC_NAME_MAX")
-    long = next((part for part in out.parts if len(os.fsencode(part)) > limit), None)
-    if long is not None:
-        raise VlatrimError(f"--out {text[:60] + '...' if len(text) > 60 else text!r} has a {len(os.fsencode(long))}-byte "
-                           f"name; valid: names of at most {limit} bytes")
+    check_name_lengths(out)
     if out.exists() and not out.is_dir():
         raise VlatrimError(f"--out {text!r} is a file; valid: a directory (new or existing) to write bench.json into")
     resolved = out.resolve()

@@ -131,9 +131,10 @@ def quantize_checkpoint(model: str | Path, scheme: str, out: str | Path, device:
             cannot run ``scheme`` (the message lists the schemes it can); nothing is written.
     """
     from vlatrim.utils.device import resolve_device
-    from vlatrim.utils.io import write_json_atomic
+    from vlatrim.utils.io import check_name_lengths, write_json_atomic
 
     src, out = Path(model), Path(out)
+    check_name_lengths(out)
     if out.exists():
         raise VlatrimError(f"--out {str(out)!r} already exists; choose a new directory or remove it")
     family = family_of(src)
@@ -144,8 +145,11 @@ def quantize_checkpoint(model: str | Path, scheme: str, out: str | Path, device:
     chosen = check_runnable(scheme, dev)
     float_model = family.load(src, device=dev, trust_remote_code=trust_remote_code)
     before = state_nbytes(float_model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:
+        raise VlatrimError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
     try:
         family.save(float_model, staging)
         float_file_bytes = sum(f.stat().st_size for f in _weight_files(staging))
@@ -168,7 +172,10 @@ def quantize_checkpoint(model: str | Path, scheme: str, out: str | Path, device:
                            "ratio": (staging / WEIGHTS).stat().st_size / max(float_file_bytes, 1)},
         }
         write_json_atomic(staging / "quantize.json", report)
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except OSError as e:  # e.g. a name longer than the file system takes
+            raise VlatrimError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report

@@ -106,3 +106,19 @@ def ensure_empty_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     if not os.access(path, os.W_OK):
         raise VlatrimError(f"{what} {str(path)!r} is not writable")
     return path
+
+
+def check_name_lengths(path: Path, flag: str = "--out") -> None:
+    """Refuse a path with a component longer than its file system takes (``os.stat`` would raise
+    ENAMETOOLONG from inside ``exists()``), naming the flag and the limit."""
+    import contextlib
+
+    text = str(path)
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        anchor = next((p for p in (path, *path.parents) if len(os.fsencode(p.name)) <= 255 and p.exists()), Path("."))
+        limit = os.pathconf(anchor if anchor.is_dir() else anchor.parent, "PC_NAME_MAX")
+    long = next((part for part in path.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise VlatrimError(f"{flag} {text[:60] + '...' if len(text) > 60 else text!r} has a {len(os.fsencode(long))}-byte "
+                           f"name; valid: names of at most {limit} bytes")
