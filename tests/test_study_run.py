@@ -218,6 +218,12 @@ def test_config_block_counts_and_presets() -> None:
         assert t.work_tasks() == t.target_tasks and len(t.recovery_budgets()) >= 2
     mt10 = set(resolve_study_config("mt10", {}).tasks)
     assert not mt10 & set(resolve_study_config("transfer-mt10", {}).target_tasks)
+    # quick-budgets: the deployment protocol on exactly the transfer preset's pretraining (same base model).
+    q, t = resolve_study_config("quick-budgets", {}), resolve_study_config("transfer", {})
+    assert q.protocol == "deployment" and q.recovery_budgets() == t.recovery_budgets()
+    same = ("tasks", "episodes_per_task", "image_size", "data_seed", "train_preset", "train_steps", "batch_size", "seed",
+            "lr", "backbone", "ratios", "eval_episodes")
+    assert {k: getattr(q, k) for k in same} == {k: getattr(t, k) for k in same}
 
 
 def test_budget_axis_runs_every_variant_and_the_control_at_each_budget(dataset, tmp_path) -> None:

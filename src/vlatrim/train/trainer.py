@@ -160,14 +160,14 @@ class Trainer:
             raise VlatrimError(f"micro-batch {micro} (batch_size / grad_accum) is not divisible by "
                                f"the {n_proc} processes")
         self.micro_batch = micro
-        n_samples = len(train_data)  # library callers get the CLI's check too, before any file is written
-        if config.batch_size > n_samples:
-            raise VlatrimError(f"batch size {config.batch_size} exceeds the {n_samples} training samples; lower "
-                               "--batch-size")
         self.fsdp = is_fsdp(self.accelerator)
         if self.fsdp and not self.accelerator.is_fsdp2:
             raise VlatrimError("FSDP version 1 is not supported by the vlatrim trainer; set fsdp_version: 2 in the "
                                "accelerate config (or pass --fsdp_version 2 to accelerate launch)")
+        n_samples = len(train_data)  # library callers get the CLI's check too, before any file is written
+        if config.batch_size > n_samples:
+            raise VlatrimError(f"batch size {config.batch_size} exceeds the {n_samples} training samples; lower "
+                               "--batch-size")
         if self.fsdp:
             # `accelerate launch` turns cpu_ram_efficient_loading on by default. It is for transformers'
             # from_pretrained loading the weights on rank 0 only; here every process already holds the
