@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlatrim.study.results import quality_text
 from vlatrim.utils.io import atomic_path
 
 COLUMNS = [("name", "variant"), ("kind", "kind"), ("blocks_kept", "blocks kept"), ("kept_blocks", "kept"),
@@ -40,13 +41,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _rate(p: dict[str, Any] | None) -> str:
-    """A point's quality: success with its 95% interval, or the held-out L1."""
-    if p is None:
-        return "&ndash;"
-    if p.get("success_rate") is not None:
-        w = p.get("wilson95")
-        return f"{p['success_rate']:.2f}" + (f" [{w[0]:.2f}, {w[1]:.2f}]" if w else "")
-    return f"L1 {p['offline_l1']:.4f}" if p.get("offline_l1") is not None else "&ndash;"
+    """A budget point's quality: success with its 95% interval, or the held-out L1."""
+    text = quality_text(p, "wilson95")
+    return "&ndash;" if text == "-" else html.escape(text)
 
 
 def _frac(f: float | None) -> str:

@@ -152,12 +152,13 @@ def budget_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def quality_text(r: dict[str, Any] | None) -> str:
-    """A row's quality for people: success with its 95% interval, else the held-out L1."""
+def quality_text(r: dict[str, Any] | None, interval_key: str = "success_wilson95") -> str:
+    """A row's (or a budget point's, ``interval_key="wilson95"``) quality for people: success with its 95%
+    interval, else the held-out L1; "-" when neither was measured."""
     if r is None:
         return "-"
     if r.get("success_rate") is not None:
-        w = r.get("success_wilson95")
+        w = r.get(interval_key)
         return f"{r['success_rate']:.2f}" + (f" [{w[0]:.2f}, {w[1]:.2f}]" if w else "")
     return f"L1 {r['offline_l1']:.4f}" if r.get("offline_l1") is not None else "-"
 
