@@ -224,7 +224,7 @@ def test_vocab_cut_with_a_bpe_tokenizer_goes_through_the_vocab_map(tmp_path: Pat
     # The old-id tokenizer files are kept only under original_tokenizer/: none beside the weights.
     assert not [f.name for f in out.iterdir() if f.name in TOKENIZER_FILES]
     assert (out / "original_tokenizer" / "tokenizer.json").is_file()
-    with pytest.raises((OSError, ValueError)):  # transformers 4 / 5
+    with pytest.raises((OSError, ValueError, ImportError)):  # which one depends on the transformers version
         AutoTokenizer.from_pretrained(out)  # fails loudly instead of handing out ids past the embedding
     orig, pruned = load_pruned(src), load_pruned(out)
     tok0, tok1 = load_tokenizer(src), load_tokenizer(out)

@@ -4,6 +4,7 @@ stages, resume, study.json schema, report.html."""
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import re
 import shutil
@@ -255,6 +256,7 @@ def test_budget_axis_runs_every_variant_and_the_control_at_each_budget(dataset, 
     assert "<h2>Recovery budget</h2>" in (out / "report.html").read_text()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="needs torchao (vlatrim[quantize])")
 def test_quantization_stage_quantizes_every_variant_evaluates_and_benches_it(dataset, tmp_path) -> None:
     out = tmp_path / "q"
     assert main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset), "--quantize", "int8-weight"]) == 0

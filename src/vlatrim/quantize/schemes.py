@@ -83,7 +83,7 @@ def torchao() -> Any:
         try:
             import torchao.quantization as q
         except ImportError as e:
-            raise VlatrimError(f"quantization needs torchao ({e}); install it with: pip install torchao") from None
+            raise VlatrimError(f"quantization needs torchao ({e}); install it with: pip install 'vlatrim[quantize]'") from None
     return q
 
 

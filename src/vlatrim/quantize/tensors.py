@@ -24,7 +24,7 @@ def _support() -> Any:
             from torchao.prototype.safetensors import safetensors_support
         except ImportError as e:
             raise VlatrimError(f"quantized checkpoints need torchao's safetensors support ({e}); "
-                               "install a torchao with it: pip install 'torchao>=0.14'") from None
+                               "install a torchao with it: pip install 'vlatrim[quantize]'") from None
     return safetensors_support
 
 

@@ -131,11 +131,13 @@ class StudyConfig:
         missing = [s for s in self.scorers if s not in self.analysis_scorers]
         if missing:  # the sweep's scorers are always computed
             self.analysis_scorers = self.analysis_scorers + tuple(missing)
-        from vlatrim.quantize.schemes import SCHEMES
+        from vlatrim.quantize.schemes import SCHEMES, torchao
 
         self.quantize = tuple(dict.fromkeys(self.quantize))
         for q in self.quantize:
             SCHEMES.get(q)
+        if self.quantize:
+            torchao()  # missing: refused now, not after the base has trained
         for m in self.methods:
             if m not in RECOVERY_METHODS:
                 raise VlatrimError(f"recovery method {m!r} is not valid; valid: {', '.join(RECOVERY_METHODS)}")
