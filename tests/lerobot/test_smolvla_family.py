@@ -301,3 +301,25 @@ def test_other_lerobot_types_are_refused_naming_the_type(tmp_path, kind, message
     assert fam.name == FAMILY
     with pytest.raises(VlatrimError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         fam.load(tmp_path)
+
+
+def test_bench_measures_the_policy_and_its_coupled_cut(policy_dir, tmp_path):
+    cut = tmp_path / "cut"
+    assert main(["prune", "--model", str(policy_dir), "--out", str(cut), "--drop-blocks", "1,2"]) == 0
+    assert main(["bench", "--model", str(policy_dir), str(cut), "--out", str(tmp_path / "b"), "--repeats", "3",
+                 "--warmup", "1"]) == 0
+    full, pruned = json.loads((tmp_path / "b" / "bench.json").read_text())["models"]
+    assert full["family"] == pruned["family"] == FAMILY and (full["num_blocks"], pruned["num_blocks"]) == (4, 2)
+    # Removing two VLM text layers and their expert partners removes exactly their parameters.
+    fam = family_of(policy_dir)
+    model = fam.load(policy_dir)
+    w = model.model.vlm_with_expert
+    removed = sum(p.numel() for i in (1, 2) for layers in (w.get_vlm_model().text_model.layers, w.lm_expert.layers)
+                  for p in layers[i].parameters())
+    assert full["params"]["total"] - pruned["params"]["total"] == removed
+    chunk = model.config.chunk_size
+    for m in (full, pruned):
+        assert m["sequence"]["chunk_size"] == chunk and m["latency_ms"]["full"]["eager"]["median_ms"] > 0
+        ctrl = m["control"]["eager"]
+        assert ctrl["actions_per_s"] == pytest.approx(ctrl["query_hz"] * chunk, rel=1e-9)
+    assert pruned["flops"]["counted"]["full"] < full["flops"]["counted"]["full"]

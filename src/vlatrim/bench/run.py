@@ -88,20 +88,29 @@ def _forwards(family: Any, model: nn.Module, handle: Any, batch_size: int, seq_l
         def full() -> torch.Tensor:
             return family.act(model, batch)  # (B, T, A)
 
-        def grab(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            if "inputs_embeds" in kwargs:
-                captured.update(inputs_embeds=kwargs["inputs_embeds"].detach(), attention_mask=kwargs.get("attention_mask"))
+        module = family.backbone_module(model, handle)
+        forward, own = module.forward, module.__dict__.get("forward")  # own: an instance-level forward already set
 
-        hook = owner.register_forward_pre_hook(grab, with_kwargs=True)
+        def grab(*args: Any, **kwargs: Any) -> Any:
+            if "call" not in captured and _first_tensor(kwargs.get("inputs_embeds")) is not None:
+                captured["call"] = (module, _detached(args), _detached(kwargs))
+            return forward(*args, **kwargs)
+
+        # On the instance, not as a hook: some models call ``module.forward(...)`` directly (SmolVLA does),
+        # which forward hooks never see; ``module(...)`` reaches it too.
+        module.forward = grab
         try:
             with torch.no_grad():
                 full()
         finally:
-            hook.remove()
-        if "inputs_embeds" not in captured:
-            raise VlatrimError(f"the {family.name} model does not call its backbone ({type(owner).__name__}) with "
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+        if "call" not in captured:
+            raise VlatrimError(f"the {family.name} model does not call its backbone ({type(module).__name__}) with "
                                "inputs_embeds=..., so its backbone cannot be timed alone")
-        seq = {"tokens": int(captured["inputs_embeds"].shape[1]), **family.sequence_info(model)}
+        seq = {"tokens": int(_first_tensor(captured["call"][2]["inputs_embeds"]).shape[1]), **family.sequence_info(model)}
         seq.setdefault("chunk_size", None)
     else:  # a transformers text model: random tokens
         positions = _max_positions(handle.config)
@@ -112,18 +121,37 @@ def _forwards(family: Any, model: nn.Module, handle: Any, batch_size: int, seq_l
         ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(device)
         emb = model.get_submodule(handle.embedding_path) if handle.embedding_path else owner.get_input_embeddings()
         with torch.no_grad():
-            captured.update(inputs_embeds=emb(ids).detach(), attention_mask=torch.ones_like(ids))
+            captured["call"] = (owner, (), {"inputs_embeds": emb(ids).detach(), "attention_mask": torch.ones_like(ids)})
 
         def full() -> object:
             return model(input_ids=ids)
 
         seq = {"tokens": seq_len, "chunk_size": None}
-    bb_embeds, bb_mask = captured["inputs_embeds"], captured["attention_mask"]  # (B, S, D), (B, S)
+    module, bb_args, bb_kwargs = captured["call"]
 
     def backbone() -> object:
-        return owner(inputs_embeds=bb_embeds, attention_mask=bb_mask)  # (B, S, D) hidden states
+        return module(*bb_args, **bb_kwargs)  # the backbone's pass over the observation, replayed
 
     return full, backbone, seq
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    """``x`` if a tensor, else the first tensor in a list / tuple (SmolVLA passes [prefix, suffix])."""
+    if torch.is_tensor(x):
+        return x
+    if isinstance(x, (list, tuple)):
+        return next((t for t in x if torch.is_tensor(t)), None)
+    return None
+
+
+def _detached(x: Any) -> Any:
+    if torch.is_tensor(x):
+        return x.detach()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detached(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    return x
 
 
 def _time_modes(fn: Callable[[], object], modes: Sequence[str], device: torch.device, warmup: int,

@@ -163,6 +163,12 @@ class PolicyFamily:
         device (what ``vlatrim bench`` times as the full forward). Default: ``predict_batch``."""
         return self.predict_batch(model, batch)
 
+    def backbone_module(self, model: nn.Module, handle: BackboneHandle) -> nn.Module:
+        """The module whose first call while ``act`` runs is the language backbone's pass over the
+        observation: ``vlatrim bench`` records that call and replays it to time the backbone alone.
+        Default: the backbone itself (``handle.owner``), as a VLA that calls it with ``inputs_embeds``."""
+        return handle.owner
+
     def sequence_info(self, model: nn.Module) -> dict[str, Any]:
         """What the backbone's input sequence is made of, for bench.json (e.g. image / text tokens,
         ``chunk_size``: actions per forward, for the control rate)."""

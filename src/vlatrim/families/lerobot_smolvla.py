@@ -483,6 +483,11 @@ class LeRobotSmolVLAFamily(PolicyFamily):
         return SmolVLAPolicyRunner(model, device)
 
     # ------------------------------------------------------------------ structure
+    def backbone_module(self, model: nn.Module, handle: Any) -> nn.Module:
+        # SmolVLA runs its text layers itself: the first call of vlm_with_expert in sample_actions is the
+        # prefix pass (images, language, state) through the VLM layers that fills the KV cache.
+        return _vlm(model)
+
     def handle(self, model: nn.Module, blocks_path: str | None = None) -> Any:
         from vlatrim.models.adapters import locate_backbone
 
