@@ -50,3 +50,43 @@ def test_bad_thread_counts_are_one_line(tmp_path, capsys, monkeypatch, argv, mes
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_study_chooses_threads_as_each_stage_starts(tmp_path, monkeypatch):
+    """With one core busy when a stage starts, that stage runs with 1 thread; when the machine is quiet again,
+    the next stage gets 2 (the load is read at each stage, not once per command)."""
+    import numpy as np
+
+    from vlatrim.data.lerobot import LeRobotWriter, metaworld_features
+
+    data = tmp_path / "ds"
+    w = LeRobotWriter(data, metaworld_features(32), fps=10)
+    rng = np.random.default_rng(0)
+    for e in range(4):
+        w.add_episode({"observation.images.corner": rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8),
+                       "observation.state": rng.normal(size=(6, 4)).astype(np.float32),
+                       "action": rng.uniform(-1, 1, size=(6, 4)).astype(np.float32),
+                       "next.success": np.zeros(6, dtype=bool)}, ["open the drawer", "close the drawer"][e % 2])
+    w.close()
+    readings = iter([1.2, 1.9] * 20)  # busy, quiet, busy, ... as consecutive stages start
+    seen: list[tuple[str, int]] = []
+    monkeypatch.setattr("vlatrim.utils.hardware.free_cores", lambda: next(readings))
+    monkeypatch.setattr("vlatrim.utils.hardware.usable_cores", lambda: 2)
+    from vlatrim.study import store
+
+    original = store.run_stage
+
+    def spy(out, name, fn, log, **kw):
+        def wrapped(d):
+            seen.append((name, torch.get_num_threads()))
+            return fn(d)
+        return original(out, name, wrapped, log, **kw)
+
+    monkeypatch.setattr("vlatrim.study.run.run_stage", spy)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert main(["study", "--out", str(tmp_path / "s"), "--preset", "tiny", "--data", str(data)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) >= 4 and [n for _, n in seen] == [1, 2] * (len(seen) // 2) + [1] * (len(seen) % 2)

@@ -80,11 +80,14 @@ class StudyCommand:
     """Continue the study in --out: finished stages are skipped (settings must match)."""
 
     threads: int | None = None
-    """torch CPU threads. Default: the cores free when the command starts (with another job keeping one of
-    2 cores busy that is 1 thread, which trains faster there than torch's default of 2)."""
+    """torch CPU threads for every stage. Default: the cores free as each stage starts (with another job keeping
+    one of 2 cores busy that is 1 thread, which trains faster there than torch's default of 2)."""
 
     def run(self) -> None:
-        apply_threads(self.threads)
+        import os
+
+        n = apply_threads(self.threads)
+        fixed = self.threads is not None or os.environ.get("OMP_NUM_THREADS") is not None
         from vlatrim.study.presets import resolve_study_config
         from vlatrim.study.run import run_study
 
@@ -99,7 +102,8 @@ class StudyCommand:
                 from vlatrim.data.lerobot import LeRobotDataset
 
                 LeRobotDataset(d)
-        study = run_study(cfg, self.out, data=self.data, resume=self.resume, target_data=self.target_data)
+        study = run_study(cfg, self.out, data=self.data, resume=self.resume, target_data=self.target_data,
+                          threads=n if fixed else "auto")
         print(summary_table(study))
         print(f"wrote {self.out}/study.json and {self.out}/report.html")
 

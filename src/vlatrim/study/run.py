@@ -24,6 +24,7 @@ from vlatrim.study.backends import StageUnavailable
 from vlatrim.study.config import StudyConfig
 from vlatrim.study.store import StageLog, run_stage
 from vlatrim.utils.device import resolve_device
+from vlatrim.utils.hardware import stage_threads
 from vlatrim.utils.io import ensure_empty_dir, read_json, write_json_atomic
 from vlatrim.utils.lock import run_dir_lock
 from vlatrim.utils.rundir import check_same_inputs, check_same_settings, input_fingerprints
@@ -113,7 +114,7 @@ class _Evaluator:
 
 
 def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume: bool = False,
-              progress: bool = True, target_data: str | None = None) -> dict[str, Any]:
+              progress: bool = True, target_data: str | None = None, threads: int | str | None = None) -> dict[str, Any]:
     """Run (or continue) a drop-then-recovery study and write study.json, plots and report.html.
 
     Args:
@@ -126,6 +127,9 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
             ``--target-data``) must equal the recorded ones. A stage killed before its first checkpoint
             starts again.
         progress: tqdm bars.
+        threads: torch CPU threads for each stage: ``"auto"`` chooses them from the cores free as each
+            stage starts (what ``vlatrim study`` does unless given ``--threads``), an int fixes them, None
+            leaves torch's setting alone. Not a study setting: results do not depend on it.
     Returns:
         The study.json content.
 
@@ -139,12 +143,13 @@ def run_study(cfg: StudyConfig, out: str | Path, data: str | None = None, resume
             raise VlatrimError(f"{flag} {d!r} is not a LeRobot v3 dataset directory (no meta/info.json)")
     if target_data is not None and cfg.protocol != "transfer":
         raise VlatrimError("--target-data is used by --protocol transfer only")
+    on_start = stage_threads(threads)
     with run_dir_lock(out):  # one writer: a second study into the same --out is refused, naming this one's pid
-        return _run_study(cfg, out, data, resume, progress, target_data)
+        return _run_study(cfg, out, data, resume, progress, target_data, on_start)
 
 
 def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, progress: bool,
-               target_data: str | None) -> dict[str, Any]:
+               target_data: str | None, on_start: Any = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     # generated demonstrations live in the study itself
@@ -157,7 +162,7 @@ def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, prog
         ensure_empty_dir(out)
         write_json_atomic(out / CONFIG_FILE, {**_recorded(cfg, data, target_data), "inputs": inputs})
     device = str(resolve_device(cfg.device))
-    slog = StageLog()
+    slog = StageLog(on_start=on_start)
     unavailable: dict[str, str] = {}
     results: dict[str, Any] = {}
 

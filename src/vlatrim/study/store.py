@@ -28,6 +28,7 @@ class StageLog:
 
     status: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    on_start: Callable[[str], None] | None = None  # called with the stage's name before a stage runs (not when resumed)
 
 
 def stage_dir(out: Path, name: str) -> Path:
@@ -62,6 +63,8 @@ def run_stage(out: Path, name: str, fn: Callable[[Path], dict[str, Any]], log: S
     else:
         partial.mkdir(parents=True, exist_ok=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    if log.on_start is not None:
+        log.on_start(name)
     t0 = time.perf_counter()
     try:
         summary = fn(partial)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 
 import torch
+
+from vlatrim.errors import VlatrimError
+
+log = logging.getLogger(__name__)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -68,3 +74,22 @@ def choose_threads(requested: int | None, cores: int, free: float | None) -> tup
         return cores, f"{cores} usable cores (free cores unknown here)"
     n = min(max(int(round(free)), 1), cores)
     return n, f"{free:.1f} of {cores} cores free"
+
+
+def stage_threads(threads: int | str | None) -> Callable[[str], None] | None:
+    """For a run of stages (a study): a function that sets torch's intra-op threads as each stage starts.
+    ``"auto"``: from the cores free at that moment (``choose_threads``), so a stage that starts while
+    another job holds a core runs with fewer threads than one that starts on a quiet machine; an int:
+    that many for every stage; None: torch's threads are left alone (no function)."""
+    if threads is None:
+        return None
+    if threads != "auto" and (not isinstance(threads, int) or threads < 1):
+        raise VlatrimError(f"threads {threads!r} is not valid; valid: a number of CPU threads >= 1, or 'auto'")
+
+    def apply(stage: str) -> None:
+        auto = threads == "auto"
+        n, why = choose_threads(None if auto else int(threads), usable_cores(), free_cores() if auto else None)
+        torch.set_num_threads(n)
+        log.info("stage %s: %d torch thread(s) (%s)", stage, n, why)
+
+    return apply
