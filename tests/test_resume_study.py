@@ -56,3 +56,20 @@ def test_study_refuses_a_second_writer_and_other_data_contents(study, tmp_path) 
     (copy / "study_config.json").write_text(json.dumps(other))
     with pytest.raises(VlatrimError, match=r"cannot resume: the study in .* \(inputs\.data: run has '0000"):
         run_study(cfg, copy, data=data, resume=True, progress=False)
+
+
+def test_a_study_recorded_before_a_setting_existed_resumes_when_the_setting_is_at_its_default(tmp_path):
+    """A study made by an older vlatrim has no entry for a setting added since; it ran with that setting's
+    default, so resuming with the default is the same study, and anything else is refused."""
+    import json
+
+    from vlatrim.study.config import StudyConfig
+    from vlatrim.study.run import _check_resume, _recorded
+
+    cfg = StudyConfig(closed_loop=False)
+    rec = _recorded(cfg, None, None)
+    del rec["config"]["quantize"]  # as written before the quantization stage existed
+    (tmp_path / "study_config.json").write_text(json.dumps(rec))
+    _check_resume(tmp_path, cfg, None, None, {})
+    with pytest.raises(VlatrimError, match=r"config\.quantize: run has None, now \['int8-weight'\]"):
+        _check_resume(tmp_path, StudyConfig(closed_loop=False, quantize=("int8-weight",)), None, None, {})

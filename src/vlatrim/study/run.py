@@ -43,6 +43,13 @@ def _recorded(cfg: StudyConfig, data: str | None, target_data: str | None) -> di
     return rec
 
 
+def _is_default(f: Any, value: Any) -> bool:
+    import dataclasses
+
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return (list(default) if isinstance(default, tuple) else default) == value
+
+
 def _check_resume(out: Path, cfg: StudyConfig, data: str | None, target_data: str | None,
                   inputs: dict[str, str]) -> None:
     saved = read_json(out / CONFIG_FILE, what="study config") if (out / CONFIG_FILE).is_file() else None
@@ -50,7 +57,13 @@ def _check_resume(out: Path, cfg: StudyConfig, data: str | None, target_data: st
         raise VlatrimError(f"cannot resume: {str(out)!r} holds no {CONFIG_FILE} (not a vlatrim study)")
     what, remedy = f"the study in {str(out)!r}", "use the same flags, --data and --target-data, or a new --out"
     wanted = _recorded(cfg, data, target_data)
-    check_same_settings({k: saved.get(k) or None for k in wanted}, wanted, what, remedy)
+    recorded = {k: saved.get(k) or None for k in wanted}
+    if isinstance(recorded.get("config"), dict):
+        # A setting added after the study was made is absent from its record: it ran with the default.
+        defaults = StudyConfig.__dataclass_fields__
+        recorded["config"] = {**{k: wanted["config"][k] for k in wanted["config"] if k not in recorded["config"]
+                                 and _is_default(defaults[k], wanted["config"][k])}, **recorded["config"]}
+    check_same_settings(recorded, wanted, what, remedy)
     check_same_inputs(saved.get("inputs"), inputs, what, remedy)
 
 
