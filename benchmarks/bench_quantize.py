@@ -9,7 +9,7 @@ same episodes; the latency change is reported whatever it is.
 
     PYTHONPATH=src python benchmarks/bench_quantize.py --model RECOVERED_DIR --tasks door-close,handle-press
         [--schemes int8-weight,int8-dynamic] [--episodes 20] [--max-steps 300] [--workers 2]
-        [--work DIR] [--out benchmarks/results/quantize.json] [--note TEXT]
+        [--compile] [--work DIR] [--out benchmarks/results/quantize.json] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=50, help="timed forwards per latency median")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) of every model")
     ap.add_argument("--work", default="/tmp/vlatrim_bench_quantize")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--note", default="")
@@ -72,7 +73,7 @@ def main() -> None:
                                         str(args.workers), "--seed", str(args.seed), "--out", str(ev)])
         evals[name] = json.loads((ev / "eval.json").read_text())
     seconds["bench"] = _cli(["bench", "--model", *map(str, models.values()), "--out", str(work / "bench"),
-                             "--repeats", str(args.repeats)])
+                             "--repeats", str(args.repeats), *(["--compile"] if args.compile else [])])
     bench = {name: m for name, m in zip(models, json.loads((work / "bench" / "bench.json").read_text())["models"], strict=True)}
 
     def summary(name: str) -> dict:
@@ -98,6 +99,10 @@ def main() -> None:
         r["file_bytes_ratio"] = quantize[s]["file_bytes"]["ratio"]
         r["success_change_points"] = 100 * (r["success_rate"] - f["success_rate"])
         r["latency_full_ratio_eager"] = r["latency_full_ms"]["eager"]["median_ms"] / f["latency_full_ms"]["eager"]["median_ms"]
+        if args.compile:  # None where a model did not compile (bench records the failure)
+            c, fc = r["latency_full_ms"].get("compile", {}), f["latency_full_ms"].get("compile", {})
+            r["latency_full_ratio_compile"] = (c["median_ms"] / fc["median_ms"]
+                                               if c.get("median_ms") and fc.get("median_ms") else None)
         r["target_bytes_met"] = r["bytes_ratio"] <= 0.3
         r["target_success_met"] = abs(r["success_change_points"]) <= 5.0
     res = {
@@ -119,7 +124,9 @@ def main() -> None:
     for name, r in rows.items():
         w = r["wilson95"]
         extra = "" if name == "float" else (f"  bytes {r['bytes_ratio']:.3f}x  success {r['success_change_points']:+.1f} pts"
-                                            f"  latency {r['latency_full_ratio_eager']:.2f}x")
+                                            f"  latency {r['latency_full_ratio_eager']:.2f}x"
+                                            + (f" (compiled {r['latency_full_ratio_compile']:.2f}x)"
+                                               if r.get("latency_full_ratio_compile") else ""))
         print(f"{name:14s} success {r['success_rate']:.3f} [{w[0]:.3f}, {w[1]:.3f}]  weights {r['weight_bytes']:,} B  "
               f"full {r['latency_full_ms']['eager']['median_ms']:.2f} ms{extra}")
     print(f"wrote {args.out}")

@@ -179,9 +179,16 @@ def test_analyze_prune_and_recover_refuse_a_quantized_checkpoint_in_one_line(dir
 
 
 def test_bench_measures_the_quantized_checkpoint_by_its_stored_bytes(dirs, tmp_path):
-    assert main(["bench", "--model", str(dirs["pruned"]), str(dirs["q"]), "--out", str(tmp_path / "b"),
+    dyn = tmp_path / "dyn"
+    assert main(["quantize", "--model", str(dirs["pruned"]), "--scheme", "int8-dynamic", "--out", str(dyn)]) == 0
+    assert main(["bench", "--model", str(dirs["pruned"]), str(dirs["q"]), str(dyn), "--out", str(tmp_path / "b"),
                  "--repeats", "2", "--warmup", "1"]) == 0
-    f, q = json.loads((tmp_path / "b" / "bench.json").read_text())["models"]
+    f, q, d = json.loads((tmp_path / "b" / "bench.json").read_text())["models"]
+    # The same multiply-adds whatever their dtype: int8 x int8 matmuls (aten._int_mm) count as the float ones.
+    assert "aten._int_mm" in d["flops"]["counted"]["full_by_op"]
+    for m in (q, d):
+        assert m["flops"]["counted"]["full"] == f["flops"]["counted"]["full"]
+        assert m["flops"]["counted"]["backbone"] == f["flops"]["counted"]["backbone"]
     assert f["quantization"] is None and q["quantization"]["scheme"] == "int8-weight"
     assert q["params"]["total"] == f["params"]["total"]  # same weights, fewer bytes each
     assert q["weight_bytes"] == json.loads((dirs["q"] / "quantize.json").read_text())["bytes"]["after"]

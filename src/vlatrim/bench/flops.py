@@ -1,7 +1,8 @@
 """FLOPs of one forward pass: analytic per block, and counted by ``torch.utils.flop_counter``.
 
 Conventions (those of ``torch.utils.flop_counter``): a matmul of (M, K) x (K, N) is ``2 * M * K * N``
-FLOPs; bias adds, norms, activations and softmax are not counted. For a transformer block over B
+FLOPs (an int8 matmul of a quantized linear, ``aten._int_mm``, counts the same); bias adds, norms,
+activations and softmax are not counted. For a transformer block over B
 sequences of S tokens that gives
 
     linear    = 2 * B * S * (weights of every nn.Linear in the block)
@@ -93,6 +94,19 @@ def _legacy_sdpa_to_eager(module: nn.Module) -> list[tuple[nn.Module, type]]:
     return swapped
 
 
+def _int_mm_flop(a_shape: Any, b_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """``aten._int_mm`` (the int8 x int8 -> int32 matmul of dynamically quantized linears): ``2 * M * K * N``
+    operations, counted as the float matmul it replaces is, so a quantized model's count equals its float
+    model's."""
+    m, k = a_shape
+    _, n = b_shape
+    return 2 * m * k * n
+
+
+# Integer matmuls the counter does not know (its formulas cover floating-point ops only).
+_INTEGER_OPS = {torch.ops.aten._int_mm: _int_mm_flop}
+
+
 def counted_flops(fn: Callable[[], object], prefix: str | None = None) -> dict[str, Any]:
     """Count the FLOPs of ``fn()`` with ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -105,7 +119,7 @@ def counted_flops(fn: Callable[[], object], prefix: str | None = None) -> dict[s
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_INTEGER_OPS) as fc:
         fn()
     counts = fc.get_flop_counts()
     by_op = {str(op): int(n) for op, n in counts.get("Global", {}).items()}
