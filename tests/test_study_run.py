@@ -247,10 +247,11 @@ def test_budget_axis_runs_every_variant_and_the_control_at_each_budget(dataset, 
     for p, c in zip(curve["points"][1:], curve["control"][1:]):
         assert 0 < p["train_flops"] < c["train_flops"]
         assert p["train_flops"] == 3 * rows["drop_one-drop1"]["flops_full"] * p["steps"] * 8  # tiny: batch 8
-    # Where the pruned model meets the control, recomputed from the points (held-out L1: lower is better).
-    step = next((p["fraction"] for p in curve["points"]
-                 if p["offline_l1"] <= next(c for c in curve["control"] if c["fraction"] == p["fraction"])["offline_l1"]),
-                None)
+    # From which budget on the pruned model meets the control, recomputed from the points (held-out L1: lower
+    # is better).
+    meets = [p["offline_l1"] <= next(c for c in curve["control"] if c["fraction"] == p["fraction"])["offline_l1"]
+             for p in curve["points"]]
+    step = next((p["fraction"] for i, p in enumerate(curve["points"]) if all(meets[i:])), None)
     assert curve["meets_control_step_matched_at"] == step
     assert "quality_vs_budget.png" in s["plots"] and (out / "quality_vs_budget.png").is_file()
     assert "<h2>Recovery budget</h2>" in (out / "report.html").read_text()
@@ -333,6 +334,19 @@ def test_budget_curves_step_and_flop_matched() -> None:
     assert c["meets_control_step_matched_at"] == 1.0
     # Same FLOPs: at 10 the control affords only budget 0 (the base, 0.6 > 0.5); at 50 budget 0.1 (0.7 <= 0.8).
     assert c["meets_control_flop_matched_at"] == 0.5
+    # A pruned model that meets the control at a small budget and falls behind at the largest does not
+    # "meet it from" that budget: the answer is from where it stays at least as good.
+    rows = [row("base", None, 0.3, None), row("control", 0.2, 0.7, 60.0), row("control", 1.0, 0.9, 300.0),
+            row("dropped", None, 0.4, None, 4), row("recovered", 0.2, 0.75, 20.0, 4), row("recovered", 1.0, 0.85, 100.0, 4)]
+    (c,) = budget_curves(rows)
+    # Same steps: 0.4 >= 0.3, 0.75 >= 0.7, 0.85 < 0.9.
+    assert c["meets_control_step_matched_at"] is None
+    # Same FLOPs: budget 0 and 0.2 meet the base (0.3); at 100 the control affords 0.2 (0.7 <= 0.85).
+    assert c["meets_control_flop_matched_at"] == 0.0
+    rows[-1]["success_rate"] = 0.95
+    assert budget_curves(rows)[0]["meets_control_step_matched_at"] == 0.0
+    rows[-2]["success_rate"] = 0.6  # 0.6 < 0.7 at 0.2: from 1.0 on
+    assert budget_curves(rows)[0]["meets_control_step_matched_at"] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def _rate(p: dict[str, Any] | None) -> str:
 
 
 def _frac(f: float | None) -> str:
-    return "not within the budgets run" if f is None else f"budget {f:g}"
+    return "not at the largest budget run" if f is None else f"budget {f:g} on"
 
 
 def render(study: dict[str, Any], out: Path) -> str:
@@ -87,7 +87,7 @@ def render(study: dict[str, Any], out: Path) -> str:
                               f"{p['fraction']:g}", str(p["steps"]), _rate(p), _rate(ctrl) if ctrl else "&ndash;",
                               f"{p['train_flops']:.3g}", f"{ctrl['train_flops']:.3g}" if ctrl else "&ndash;"])
             brows.append([html.escape(f"{c['removed']} removed ({c['scorer']})"), html.escape(c["method"]),
-                          "meets the control at", "", _frac(c["meets_control_step_matched_at"]) + " (same steps)",
+                          "meets the control from", "", _frac(c["meets_control_step_matched_at"]) + " (same steps)",
                           "", _frac(c["meets_control_flop_matched_at"]) + " (same FLOPs)", ""])
         parts.append(_table(["variant", "method", "budget", "steps", "pruned", "unpruned control",
                              "pruned train FLOPs", "control train FLOPs"], brows))

@@ -120,9 +120,11 @@ def budget_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     unpruned control's curve for the same method. Budget 0 is the model before any fine-tuning: the
     pruned model as cut, and the base model itself.
 
-    Each curve says where the pruned model first meets the control: step-matched (the control at the
-    same budget) and FLOP-matched (the control at the largest budget whose training FLOPs do not
-    exceed the pruned run's: a pruned step is cheaper, so at equal compute the control gets fewer steps).
+    Each curve says from which budget on the pruned model meets the control (at that budget and at every
+    larger one measured): step-matched (the control at the same budget) and FLOP-matched (the control at
+    the largest budget whose training FLOPs do not exceed the pruned run's: a pruned step is cheaper, so
+    at equal compute the control gets fewer steps). "Meets" compares the point estimates (success, else
+    held-out L1); the intervals are in the points.
     """
     base = next((r for r in rows if r["kind"] == "base"), None)
     out = []
@@ -139,17 +141,27 @@ def budget_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             and r["removed"] == removed), None)
             if dropped is not None:  # budget 0: the pruned model before any recovery
                 pts = [{**_point(dropped), "fraction": 0.0, "steps": 0, "train_flops": 0.0}] + pts
-            step_meet = flop_meet = None
+            step, flop = [], []
             for p in pts:
                 same = next((c for c in control if c["fraction"] == p["fraction"]), None)
-                if step_meet is None and same is not None and _at_least(p, same):
-                    step_meet = p["fraction"]
+                step.append(same is not None and bool(_at_least(p, same)))
                 affordable = [c for c in control if c["train_flops"] <= p["train_flops"]]
-                if flop_meet is None and affordable and _at_least(p, affordable[-1]):
-                    flop_meet = p["fraction"]
+                flop.append(bool(affordable) and bool(_at_least(p, affordable[-1])))
             out.append({"scorer": scorer, "removed": removed, "method": method, "points": pts, "control": control,
-                        "meets_control_step_matched_at": step_meet, "meets_control_flop_matched_at": flop_meet})
+                        "meets_control_step_matched_at": _meets_from(pts, step),
+                        "meets_control_flop_matched_at": _meets_from(pts, flop)})
     return out
+
+
+def _meets_from(points: list[dict[str, Any]], meets: list[bool]) -> float | None:
+    """The smallest budget fraction from which the pruned model meets the control at every larger budget
+    measured too (a single lucky point between two misses does not count); None when it misses at the largest."""
+    start = None
+    for p, ok in zip(reversed(points), reversed(meets)):
+        if not ok:
+            break
+        start = p["fraction"]
+    return start
 
 
 def quality_text(r: dict[str, Any] | None, interval_key: str = "success_wilson95") -> str:
