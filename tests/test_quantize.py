@@ -211,3 +211,21 @@ def test_the_closed_loop_policy_of_a_quantized_checkpoint_acts_as_its_model(dirs
         direct = model.predict_action(obs["image"], obs["state"], obs["instruction"]).clamp(-1, 1)
     assert chunk.shape == tuple(direct.shape) and torch.equal(torch.from_numpy(chunk), direct)
     assert not mp.active_children()
+
+
+def test_int8_embedding_lookups_gather_rows_first_and_equal_torchaos_lookup(dirs):
+    from vlatrim.quantize import RowGatherEmbedding
+
+    model = family_of(dirs["q"]).load(dirs["q"])
+    embeddings = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+    # Every int8 table of the loaded checkpoint reads row by row (word, position and token-type tables).
+    assert embeddings and all(type(m) is RowGatherEmbedding for m in embeddings.values())
+    for m in embeddings.values():
+        ids = torch.randint(0, m.num_embeddings, (3, 7))
+        # Exactly torchao's own lookup (dequantize the whole table, then gather), shape and values.
+        torch.testing.assert_close(m(ids), torch.nn.functional.embedding(ids, m.weight.dequantize()), rtol=0, atol=0)
+    # A float table keeps nn.Embedding's path (the module class changes only for int8 row tables).
+    float_emb = torch.nn.Embedding(10, 4)
+    float_emb.__class__ = RowGatherEmbedding
+    ids = torch.tensor([[1, 2, 9]])
+    assert torch.equal(float_emb(ids), float_emb.weight[ids])

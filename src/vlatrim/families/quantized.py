@@ -33,6 +33,7 @@ from vlatrim.families.base import PolicyFamily, family_of, read_config
 from vlatrim.quantize import (
     QUANT_KEY,
     apply_scheme,
+    gather_first_lookups,
     is_quantized_tensor,
     load_quantized_state,
     save_quantized_state,
@@ -91,6 +92,7 @@ class QuantizedMixin:
                                f"(missing {sorted(missing)[:2]}, unexpected {sorted(unexpected)[:2]})")
         for p in model.parameters():
             p.requires_grad_(False)
+        gather_first_lookups(model)
         model.vlatrim_quantization = dict(entry)
         return model.to(device).eval()
 

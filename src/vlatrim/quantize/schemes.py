@@ -3,7 +3,8 @@
 Every scheme quantizes the weights of all ``nn.Linear`` layers of the model (the language backbone, the
 vision projector, the action head, ...) and stores every ``nn.Embedding`` table (word, position, token
 type) as int8 rows with one scale each, since the embeddings of a small VLA's backbone hold as many
-weights as its blocks. Norms, biases and convolutions stay in floating point.
+weights as its blocks; their lookups dequantize only the rows they read (``embedding``). Norms, biases and
+convolutions stay in floating point.
 
 - ``int8-weight``: int8 weights with one scale per output channel; matmuls dequantize (torchao's
   ``Int8WeightOnlyConfig``). Smallest checkpoint change for accuracy; runs on CPU and CUDA.
@@ -137,6 +138,9 @@ def apply_scheme(model: nn.Module, scheme: QuantScheme | str) -> list[str]:
     except (RuntimeError, NotImplementedError, ImportError, AssertionError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise VlatrimError(f"torchao cannot apply {scheme.name} to this model ({type(e).__name__}: {first})") from None
+    from vlatrim.quantize.embedding import gather_first_lookups
+
+    gather_first_lookups(model)
     return names
 
 
