@@ -76,19 +76,23 @@ def _mt10() -> dict[str, Any]:
                 eval_episodes=20, eval_max_steps=500, eval_workers=8, bench_repeats=50, device="auto")
 
 
+# The 2-core CPU budget studies of both protocols: one base (the quick preset's tasks, demos, steps and
+# seeds: the transfer preset's pretraining is quick-budgets' base), the same cuts, budgets and evaluation,
+# so the two protocols read side by side.
+_CPU_BUDGET_STUDY: dict[str, Any] = dict(
+    tasks=("drawer-close", "button-press-topdown", "drawer-open", "window-open"), episodes_per_task=40, image_size=96,
+    train_preset="quick", train_steps=1600, batch_size=32, analysis_scorers=("drop_one", "block_influence"),
+    scorers=("drop_one",), analysis_batches=8, analysis_batch_size=16, ratios=(0.5, 0.84), methods=("full",),
+    recover_budgets=(0.2, 1.0), eval_episodes=20, eval_max_steps=300, eval_workers=2, bench_repeats=10)
+
+
 @_preset("quick-budgets", "the deployment protocol's budget curve on the 2-core CPU: base = `vlatrim train --preset "
                           "quick` on its 4 tasks (1600 steps at batch 32, 40 demos each, 96 px), half and 5/6 of "
                           "the blocks removed by drop-one, every variant and the unpruned model fine-tuned (full) at "
                           "0.2 and 1.0 of the base's budget, 20 episodes per task",
          "not measured")
 def _quick_budgets() -> dict[str, Any]:
-    # The same base as the transfer preset's pretraining (same tasks, demos, steps and seeds), so the two
-    # protocols can be read side by side.
-    return dict(protocol="deployment", tasks=("drawer-close", "button-press-topdown", "drawer-open", "window-open"),
-                episodes_per_task=40, image_size=96, train_preset="quick", train_steps=1600, batch_size=32,
-                analysis_scorers=("drop_one", "block_influence"), scorers=("drop_one",), analysis_batches=8,
-                analysis_batch_size=16, ratios=(0.5, 0.84), methods=("full",), recover_budgets=(0.2, 1.0),
-                eval_episodes=20, eval_max_steps=300, eval_workers=2, bench_repeats=10)
+    return dict(protocol="deployment", **_CPU_BUDGET_STUDY)
 
 
 # Target tasks of the transfer presets: Meta-World tasks outside MT10 (and outside the quick preset's).
@@ -104,12 +108,7 @@ TRANSFER_TARGETS_GPU = ("button-press", "coffee-button", "dial-turn", "door-clos
                      "(full) at 0.2 and 1.0 of the base's budget, 20 episodes per target",
          "not measured")
 def _transfer() -> dict[str, Any]:
-    return dict(protocol="transfer", tasks=("drawer-close", "button-press-topdown", "drawer-open", "window-open"),
-                target_tasks=TRANSFER_TARGETS_CPU, episodes_per_task=40, image_size=96, train_preset="quick",
-                train_steps=1600, batch_size=32, analysis_scorers=("drop_one", "block_influence"),
-                scorers=("drop_one",), analysis_batches=8, analysis_batch_size=16, ratios=(0.5, 0.84),
-                methods=("full",), recover_budgets=(0.2, 1.0), eval_episodes=20, eval_max_steps=300,
-                eval_workers=2, bench_repeats=10)
+    return dict(protocol="transfer", target_tasks=TRANSFER_TARGETS_CPU, **_CPU_BUDGET_STUDY)
 
 
 @_preset("transfer-mt10", "the paper's protocol for one GPU: pretrain = `vlatrim train --preset mt10` on MT10 "
