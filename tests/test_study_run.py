@@ -392,3 +392,25 @@ def test_transfer_protocol_scores_tunes_and_evaluates_on_the_targets(dataset, ta
 def test_transfer_protocol_bad_settings(dataset, tmp_path, capsys, argv, message) -> None:
     assert main(["study", "--out", str(tmp_path / "x"), "--preset", "tiny", "--data", str(dataset), *argv]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.filterwarnings("ignore:bf16 autocast on a CPU")
+def test_fine_tuning_runs_in_the_precision_the_base_trained_in(dataset, tmp_path, monkeypatch) -> None:
+    import dataclasses
+
+    from vlatrim.train.presets import TRAIN_PRESETS
+
+    tiny = TRAIN_PRESETS.get("tiny")
+
+    def tiny_bf16():
+        p = tiny()
+        return dataclasses.replace(p, trainer={**p.trainer, "mixed_precision": "bf16"})
+
+    monkeypatch.setitem(TRAIN_PRESETS._entries, "tiny", tiny_bf16)
+    out = tmp_path / "s"
+    assert main(["study", "--out", str(out), "--preset", "tiny", "--data", str(dataset), "--ratios", "0.5"]) == 0
+    assert json.loads((out / "base" / "train.json").read_text())["mixed_precision"] == "bf16"
+    recovered = [p.parent for p in out.rglob("recover.json")]
+    assert {str(p.relative_to(out)) for p in recovered} == {"control/recovered-full", "variants/drop_one-drop1/recovered-full"}
+    for d in recovered:  # the unpruned control and every recovery: bf16 autocast like the base (recovery's own default is fp32 on CPU)
+        assert json.loads((d / "recover.json").read_text())["mixed_precision"] == "bf16"

@@ -59,7 +59,8 @@ def closed_loop_eval(policy_dir: Path, tasks: list[str], episodes: int, max_step
 
 
 def recover(model_dir: Path, data: Path, out: Path, method: str, steps: int, batch_size: int, lr: float | None,
-            seed: int, device: str, teacher: Path | None, val_fraction: float) -> dict[str, Any]:
+            seed: int, device: str, teacher: Path | None, val_fraction: float,
+            mixed_precision: str | None = None) -> dict[str, Any]:
     """Recovery fine-tuning of ``model_dir`` into the checkpoint directory ``out``
     (``vlatrim.train.recovery.recover``); resumes inside ``out`` when it holds an interrupted run.
 
@@ -67,13 +68,14 @@ def recover(model_dir: Path, data: Path, out: Path, method: str, steps: int, bat
         teacher: the unpruned model; used by ``distill`` only.
         val_fraction: share of each task's episodes held out (the base model's, so the held-out
             episodes stay unseen by every variant).
+        mixed_precision: autocast precision (``no``, ``bf16``, ``fp16``); None: recovery's default.
     Returns:
         The recover.json summary.
     """
     mod = _module("vlatrim.train.recovery", "recovery fine-tuning")
     settings = mod.RecoverySettings(method=method, val_fraction=val_fraction)
     trainer = mod.recovery_trainer_config(method, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                          checkpoint_every=max(25, steps // 4))  # a checkpoint holds the optimizer too: a few per run
+                                          checkpoint_every=max(25, steps // 4), mixed_precision=mixed_precision)  # a checkpoint holds the optimizer too: a few per run
     needs_teacher = mod.RECOVERY_METHODS.get(method).needs_teacher
     return mod.recover(model_dir, data, out, settings, trainer, teacher=teacher if needs_teacher else None,
                        resume=(out / "run_config.json").is_file())

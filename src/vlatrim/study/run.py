@@ -208,6 +208,10 @@ def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, prog
 
     base_sum = run_stage(out, "base", train, slog, fresh_partial=False)
     base = out / "base"
+    # Fine-tuning (recovery and the unpruned control) runs in the precision the base trained in: the
+    # same numerics for every model of the study (the quick preset trains in bf16 where the CPU has it).
+    precision = (read_json(base / "train.json", "the base's training summary").get("mixed_precision")
+                 if (base / "train.json").is_file() else None)
     results["data"].update(base_sum["dataset"])
     pretraining = dataset
 
@@ -263,7 +267,7 @@ def _run_study(cfg: StudyConfig, out: Path, data: str | None, resume: bool, prog
             _start_again_if_nothing_to_resume(d)  # backends.recover resumes when run_config.json is left
             rec = backends.recover(model_dir, dataset, d, method=method, steps=steps,
                                    batch_size=cfg.batch_size, lr=cfg.recover_lr, seed=cfg.seed, device=device,
-                                   teacher=base, val_fraction=base_sum["val_fraction"])
+                                   teacher=base, val_fraction=base_sum["val_fraction"], mixed_precision=precision)
             shutil.rmtree(d / "checkpoints", ignore_errors=True)  # resumable state; the model is in d
             return rec
         try:
