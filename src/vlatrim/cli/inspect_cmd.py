@@ -35,7 +35,7 @@ class InspectCommand:
             family = family_of(path)
             loaded = (family.load(path, trust_remote_code=self.trust_remote_code), family.name)
         elif self.trust_remote_code:  # a bare config whose own code builds it
-            loaded = load_model(self.model, trust_remote_code=True)
+            loaded = load_model(self.model, trust_remote_code=self.trust_remote_code)
         _, text = inspect_model(self.model, self.out, self.blocks_path, loaded=loaded)
         print(text)
         print(f"wrote {self.out}/inspect.json")
