@@ -159,7 +159,7 @@ class PathwayFamily(PolicyFamily):
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         return model.to(device).eval()
 
-    def save(self, model: nn.Module, out: Path) -> None:
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
         cfg = dataclasses.replace(model.config, language=model.backbone.config.to_dict())
         (out / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **dataclasses.asdict(cfg)}))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))

@@ -16,50 +16,19 @@ IMAGE_SIZE = 32  # dataset / camera side; SmolVLA pads it to the VLM's 64 px
 TASKS = ["close the drawer", "open the drawer", "press the button"]
 
 
-def build_tiny_vlm(out: Path) -> Path:
-    """A tiny SmolVLM (Llama text model: hidden 64, 4 layers, 4 heads / 2 KV heads, head_dim 16, vocab 384;
-    SigLIP-like vision: hidden 32, 2 layers, 64 px, patch 8) with a byte-level BPE tokenizer trained here
-    and a SmolVLMProcessor, saved to ``out`` (no weights: SmolVLA builds the VLM from this config)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        LlamaConfig,
-        PreTrainedTokenizerFast,
-        SmolVLMConfig,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
-    from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=384, vision_hidden_size=32, vision_intermediate_size=64, vision_layers=2, vision_heads=2,
+            image_size=64, patch_size=8, scale_factor=2)
 
-    specials = ["<pad>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
-                "<global-img>", "<row_1_col_1>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [t + "\n" for t in TASKS] * 20 + ["pick up the red block and put it in the box\n",
-                                               "the robot moves its gripper to the left\n"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=384, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-        unk_token=None, additional_special_tokens=specials[3:],
-        extra_special_tokens={"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
-                              "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"})
-    out.mkdir(parents=True, exist_ok=True)
-    text = LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0,
-                       max_position_embeddings=256)
-    vision = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 image_size=64, patch_size=8)
-    cfg = SmolVLMConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), scale_factor=2,
-                        image_token_id=fast.convert_tokens_to_ids("<image>"), pad_token_id=0)
-    cfg.save_pretrained(out)
-    image_proc = SmolVLMImageProcessor(do_image_splitting=False, size={"longest_edge": 64},
-                                       max_image_size={"longest_edge": 64})
-    video_proc = SmolVLMVideoProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 64})
-    SmolVLMProcessor(image_processor=image_proc, tokenizer=fast, video_processor=video_proc,
-                     image_seq_len=16).save_pretrained(out)
-    return out
+
+def build_tiny_vlm(out: Path) -> Path:
+    """A tiny SmolVLM (Llama text model: hidden 64, 4 layers, 4 heads / 2 KV heads, head_dim 16; SigLIP-like
+    vision: hidden 32, 2 layers, 64 px, patch 8) with a byte-level BPE tokenizer trained here and a
+    SmolVLMProcessor, saved to ``out`` (no weights: SmolVLA builds the VLM from this config)."""
+    from vlatrim.models.smolvla import SmolVLMSize, build_smolvlm
+
+    return build_smolvlm(out, TASKS + ["pick up the red block and put it in the box",
+                                       "the robot moves its gripper to the left"], SmolVLMSize(**TINY))
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +97,17 @@ def policy_dir(vlm_dir, dataset, tmp_path_factory) -> Path:
 def make_config(vlm_dir):
     """``make_config(**overrides)``: a SmolVLAConfig for the tiny VLM (for policies built in memory)."""
     return lambda **overrides: smolvla_config(vlm_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def make_policy(vlm_dir, dataset):
+    """``make_policy(out, **overrides)``: a random tiny SmolVLA saved by LeRobot to ``out`` (config overrides)."""
+    return lambda out, **overrides: save_smolvla(out, vlm_dir, dataset, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_size():
+    """``tiny_size(**changes)``: the tiny SmolVLM's ``SmolVLMSize``, with changes."""
+    from vlatrim.models.smolvla import SmolVLMSize
+
+    return lambda **changes: SmolVLMSize(**{**TINY, **changes})

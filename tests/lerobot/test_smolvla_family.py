@@ -119,11 +119,151 @@ def test_coupled_depth_cut_reloads_in_lerobot_with_the_same_loss(policy_dir, dat
     assert rep["kept_by_path"] == {LANGUAGE_PATH: [0, 1], EXPERT_PATH: [0, 1]}
 
 
+def _cut_in_memory(policy_dir: Path, req):
+    """The cut ``vlatrim prune`` makes, done in memory through the family's hooks."""
+    from vlatrim.prune.api import couple, make_plan
+    from vlatrim.prune.surgery import apply_plan
+
+    fam = family_of(policy_dir)
+    model = fam.load(policy_dir)
+    handle = fam.handle(model)
+    plan, _ = make_plan(req, model, handle)
+    plan = couple(plan, model, handle, fam, keep_partners=req.keep_partners)
+    result = apply_plan(model, plan, handle)
+    fam.cut_partners(result.model, plan, result.kept_by_path)
+    fam.after_cut(result.model, result.kept_by_path)
+    return result.model
+
+
+def _assert_lerobot_reload_is_exact(fam, cut, out: Path, dataset: Path) -> None:
+    """LeRobot alone reloads ``out`` strictly, and it and vlatrim's reload compute exactly the loss and the
+    actions of the in-memory ``cut`` (same noise and time draws)."""
+    lerobot_policy, pre, _ = _lerobot_load(out)
+    batch = _batch(fam, cut, dataset)
+    want = fam.loss(cut, batch)["loss"]
+    raw = fam.dataset(cut, dataset, "all").data.raw_batch(list(range(6)))
+    lb = pre(raw)
+    lb["actions_id_pad"] = lb.pop("action_is_pad")
+    got, _ = lerobot_policy.forward(lb, noise=batch["noise"], time=batch["time"])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    ref = cut.state_dict()
+    assert lerobot_policy.state_dict().keys() == ref.keys()
+    assert all(torch.equal(lerobot_policy.state_dict()[k], ref[k]) for k in ref)
+    reloaded = family_of(out).load(out)
+    torch.testing.assert_close(fam.loss(reloaded, batch)["loss"], want, rtol=0, atol=0)
+    torch.testing.assert_close(fam.predict_batch(reloaded, batch), fam.predict_batch(cut, batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("argv, req, shape", [
+    # 4 query heads in 2 KV groups: keep one whole group (1 KV head), or one query head of each group.
+    (["--heads", "2"], dict(heads=[2]), dict(num_attention_heads=2, num_key_value_heads=1)),
+    (["--heads", "2", "--head-mode", "query"], dict(heads=[2], head_mode="query"),
+     dict(num_attention_heads=2, num_key_value_heads=2)),
+    (["--mlp-ratio", "0.5"], dict(mlp_ratio=[0.5]), dict(intermediate_size=64)),
+    (["--pathway", "vision", "--drop-blocks", "1"], dict(pathway="vision", drop_blocks=[1]),
+     dict(vision_num_hidden_layers=1)),
+    (["--drop-blocks", "2,3", "--heads", "2"], dict(drop_blocks=[2, 3], heads=[2]),
+     dict(num_attention_heads=2, num_key_value_heads=1)),
+])
+def test_width_and_vision_cuts_write_the_vlm_lerobot_must_build(policy_dir, vlm_dir, dataset, tmp_path, argv, req,
+                                                                shape):
+    from vlatrim.families.lerobot_smolvla import VLM_DIR, VLM_MARK, vlm_shape
+    from vlatrim.prune.api import PruneRequest
+
+    out = tmp_path / "cut"
+    assert main(["prune", "--model", str(policy_dir), "--out", str(out), *argv]) == 0
+    full = {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "vision_num_hidden_layers": 2}
+    cfg = json.loads((out / "config.json").read_text())
+    # The policy names its own cut VLM by absolute path (LeRobot resolves names against the working directory).
+    assert cfg["vlm_model_name"] == str((out / VLM_DIR).resolve()) and cfg["load_vlm_weights"] is False
+    vcfg = json.loads((out / VLM_DIR / "config.json").read_text())
+    got = {"num_attention_heads": vcfg["text_config"]["num_attention_heads"],
+           "num_key_value_heads": vcfg["text_config"]["num_key_value_heads"],
+           "intermediate_size": vcfg["text_config"]["intermediate_size"],
+           "vision_num_hidden_layers": vcfg["vision_config"]["num_hidden_layers"]}
+    assert got == {**full, **shape}
+    assert json.loads((out / VLM_DIR / VLM_MARK).read_text())["source"] == str(vlm_dir)
+    assert (out / VLM_DIR / "tokenizer.json").is_file() and (out / VLM_DIR / "processor_config.json").is_file()
+    assert not any(f.name.endswith(".safetensors") for f in (out / VLM_DIR).iterdir())
+
+    fam = family_of(policy_dir)
+    cut = _cut_in_memory(policy_dir, PruneRequest(**req))
+    assert vlm_shape(cut) == got
+    w = cut.model.vlm_with_expert
+    if "num_attention_heads" in shape:  # the expert follows: LeRobot's attention uses one head count for both
+        assert (w.num_attention_heads, w.num_key_value_heads) == (shape["num_attention_heads"], shape["num_key_value_heads"])
+        hd = w.config.text_config.head_dim
+        for i, layer in enumerate(w.lm_expert.layers):
+            att = layer.self_attn
+            assert att.q_proj.out_features == att.o_proj.in_features == shape["num_attention_heads"] * hd
+            assert att.k_proj.out_features == shape["num_key_value_heads"] * hd
+            if i % 2:  # cross-attention layers read the VLM's kept keys and values
+                assert att.k_proj.in_features == att.v_proj.in_features == shape["num_key_value_heads"] * hd
+    _assert_lerobot_reload_is_exact(fam, cut, out, dataset)
+
+
+def test_expert_only_cut_keeps_every_vlm_layer_where_lerobot_runs_it(make_policy, dataset, tmp_path, capsys):
+    from vlatrim.families.lerobot_smolvla import expert_keep_sets
+    from vlatrim.prune.api import PruneRequest
+
+    # Which expert-only keep sets lerobot 0.4.4 runs, by layout (4 VLM layers): with a joint layer every 4
+    # layers, keeping experts 0 and 2 leaves VLM layers 1 and 3 (cross-attention) alone, and expert 2 moves to
+    # index 1, cross-attention both ways; expert 0 alone leaves 1-3 alone. With the default alternation of 2,
+    # or self-attention only, none.
+    assert expert_keep_sets(4, 4) == [[0, 2], [0]] and expert_keep_sets(4, 2) == [] and expert_keep_sets(4, 1) == []
+    assert expert_keep_sets(4, 0) == [[0, 2], [0]]  # every layer cross-attention
+    src = make_policy(tmp_path / "n4", self_attn_every_n_layers=4)
+    out = tmp_path / "cut"
+    assert main(["prune", "--model", str(src), "--out", str(out), "--pathway", "action", "--drop-blocks", "1,3",
+                 "--keep-partners"]) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["kept_by_path"] == {LANGUAGE_PATH: [0, 1, 2, 3], EXPERT_PATH: [0, 2]}
+    assert "partners_kept" in rep["plan"]["notes"] and "couplings" not in rep["plan"]["methods"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["num_vlm_layers"], cfg["num_expert_layers"]) == (4, 2)
+    fam = family_of(src)
+    cut = _cut_in_memory(src, PruneRequest(pathway="action", drop_blocks=[1, 3], keep_partners=True))
+    assert [len(cut.get_submodule(p)) for p in (LANGUAGE_PATH, EXPERT_PATH)] == [4, 2]
+    _assert_lerobot_reload_is_exact(fam, cut, out, dataset)
+    # Other keep sets are refused, naming the valid ones; the default alternation (2) has none. Nothing is written.
+    bad = tmp_path / "bad"
+    assert main(["prune", "--model", str(src), "--out", str(bad), "--pathway", "action",
+                 "--drop-blocks", "1,2", "--keep-partners"]) == 2
+    assert "valid keep sets here (attention_mode='cross_attn', self_attn_every_n_layers=4): [0, 2]; [0]" in capsys.readouterr().err
+    n2 = make_policy(tmp_path / "n2")
+    assert main(["prune", "--model", str(n2), "--out", str(bad), "--pathway", "action", "--drop-blocks", "1,3",
+                 "--keep-partners"]) == 2
+    err = capsys.readouterr().err
+    assert "self_attn_every_n_layers=2): none; without --keep-partners the VLM partners go too" in err and not bad.exists()
+    assert main(["prune", "--model", str(n2), "--out", str(bad), "--drop-blocks", "2,3", "--keep-partners"]) == 2
+    assert "VLM layers [2, 3] cannot be cut while their expert partners stay" in capsys.readouterr().err
+
+
+def test_a_moved_cut_policy_loads_from_its_own_vlm_directory(policy_dir, dataset, tmp_path):
+    import shutil
+
+    out = tmp_path / "cut"
+    assert main(["prune", "--model", str(policy_dir), "--out", str(out), "--heads", "2"]) == 0
+    moved = tmp_path / "moved"
+    shutil.move(str(out), moved)
+    fam = family_of(moved)
+    model = fam.load(moved)  # vlm_model_name names the old place; vlatrim finds vlm/ beside the policy
+    assert model.model.vlm_with_expert.num_key_value_heads == 1
+    # Recovering it writes a checkpoint with its own copy of the cut VLM, independent of the moved one.
+    rec = tmp_path / "rec"
+    assert main(["recover", "--model", str(moved), "--data", str(dataset), "--out", str(rec), "--method", "full",
+                 "--steps", "1", "--batch-size", "4", "--checkpoint-every", "1"]) == 0
+    assert json.loads((rec / "config.json").read_text())["vlm_model_name"] == str((rec / "vlm").resolve())
+    shutil.rmtree(moved)
+    policy, _, _ = _lerobot_load(rec)
+    assert policy.model.vlm_with_expert.num_key_value_heads == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--drop-blocks", "1"], "self_attn_every_n_layers=2"),
-    (["--pathway", "vision", "--drop-blocks", "0"], "the vision encoder cannot be cut"),
-    (["--heads", "2"], "only paired depth cuts (--drop-blocks) are supported"),
-    (["--mlp-ratio", "0.5"], "only paired depth cuts (--drop-blocks) are supported"),
+    (["--heads", "4,2,4,4"], "the cut leaves the VLM layers unequal query heads {0: 4, 1: 2, 2: 4, 3: 4}"),
+    (["--mlp-ratio", "0.5,0,0,0"], "unequal MLP channels"),
+    (["--heads", "3"], "keeping 3 heads evenly in 2 KV groups needs a multiple of 2; nearest valid: 2 or 4"),
 ])
 def test_cuts_smolvla_cannot_express_are_refused_with_nothing_written(policy_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "x"
@@ -132,6 +272,24 @@ def test_cuts_smolvla_cannot_express_are_refused_with_nothing_written(policy_dir
     assert message in err and not out.exists()
     if argv == ["--drop-blocks", "1"]:  # it names the layer that would change role and valid keep-sets
         assert "moves layer 2 (self-attention) to index 1" in err and "[0, 1, 2]" in err
+
+
+@pytest.mark.parametrize("plan, message", [
+    (dict(vocab=list(range(100))), "SmolVLA: vocabulary cuts are refused"),
+    (dict(drop_lm_head=True), "SmolVLA: --drop-lm-head is refused"),
+    # Two query heads in every layer, but one KV head in layer 0 (a whole group) and two in layer 1.
+    (dict(heads={0: [0, 1], 1: [0, 2], 2: [0, 1], 3: [0, 1]}), r"unequal KV heads \{0: 1, 1: 2, 2: 1, 3: 1\}"),
+])
+def test_plans_smolvla_cannot_express_are_refused_before_the_cut(policy_dir, plan, message):
+    from vlatrim.prune.api import couple
+    from vlatrim.prune.plan import PrunePlan
+
+    fam = family_of(policy_dir)
+    model = fam.load(policy_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(VlatrimError, match=message):
+        couple(PrunePlan(**plan), model, fam.handle(model), fam)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_analyze_scores_vision_language_and_action_on_the_flow_matching_loss(policy_dir, dataset, tmp_path):

@@ -80,6 +80,10 @@ class PruneCommand:
     """Which block list --drop-blocks cuts: language (the backbone), vision, action, or a block list's dotted
     path (see `vlatrim inspect`). Cuts a block list is coupled to (e.g. an action expert paired with the
     language layers) follow automatically, as the model's policy family declares."""
+    keep_partners: bool = False
+    """Cut only the named block list and keep the blocks its cuts are coupled to, re-paired with the surviving
+    blocks (a SmolVLA expert-only cut); the policy family refuses it, naming what it allows, where its
+    architecture cannot re-pair them."""
     dry_run: bool = False
     """Print the plan and the parameter budget, cut nothing, write nothing."""
     trust_remote_code: bool = False
@@ -99,6 +103,7 @@ class PruneCommand:
             mlp_ratio=_floats(self.mlp_ratio, "--mlp-ratio"), vocab_from=self.vocab_from,
             drop_lm_head=self.drop_lm_head, blocks_path=self.blocks_path, scorer=self.scorer,
             budget_vocab=self.budget_vocab, budget_units=self.budget_units, pathway=self.pathway,
+            keep_partners=self.keep_partners,
         )
         model_dir = Path(self.model)
         family = family_of(model_dir)
@@ -107,7 +112,7 @@ class PruneCommand:
         model = family.load(model_dir, trust_remote_code=self.trust_remote_code)
         handle = family.handle(model, self.blocks_path)
         plan, before = make_plan(req, model, handle, model_dir)
-        plan = couple(plan, model, handle, family)
+        plan = couple(plan, model, handle, family, keep_partners=req.keep_partners)
         print(f"plan for {self.model} ({type(model).__name__}, {handle.num_blocks} blocks, "
               f"backbone {before['backbone']:,} params):")
         for line in plan.describe(handle.num_blocks):

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from vlatrim.errors import VlatrimError
 from vlatrim.models.adapters import BackboneHandle, BlockList, locate_backbone
-from vlatrim.prune.plan import Coupling
+from vlatrim.prune.plan import Coupling, PrunePlan
 from vlatrim.quantize.schemes import QUANT_KEY
 from vlatrim.registry import Registry
 from vlatrim.utils.plugins import load_plugins
@@ -116,9 +116,11 @@ class PolicyFamily:
         """The model in eval mode on ``device``, pruned or not (no download; no remote code unless asked)."""
         raise NotImplementedError
 
-    def save(self, model: nn.Module, out: Path) -> None:
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
         """Write ``model`` into the existing directory ``out`` so that ``load`` (and the family's own
-        ecosystem) reloads it exactly."""
+        ecosystem) reloads it exactly. ``destination``: where ``out`` ends up when it is a staging
+        directory renamed into place afterwards (atomic writes); a family whose files must name their own
+        directory by absolute path writes that one. None: ``out`` is the final place."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ loss and data
@@ -195,6 +197,15 @@ class PolicyFamily:
     def check_cut(self, model: nn.Module, handle: BackboneHandle, drops: dict[str, list[int]]) -> None:
         """Refuse (``VlatrimError``) a set of block removals, keyed by block-list path, that the
         architecture cannot express. Called after couplings were applied, before anything is cut."""
+
+    def check_plan(self, model: nn.Module, handle: BackboneHandle, plan: PrunePlan) -> None:
+        """Refuse (``VlatrimError``) a whole plan (block removals after couplings, head and channel cuts,
+        vocabulary) that the architecture cannot express. Called after ``check_cut``, before anything is cut."""
+
+    def cut_partners(self, model: nn.Module, plan: PrunePlan, kept: dict[str, list[int]]) -> None:
+        """Cut, in blocks outside the language backbone, the widths its head and channel cuts force there
+        (SmolVLA's action expert attends with the VLM's head counts). Called right after the surgery, with
+        the plan it carried out and the original indices kept per block list; before ``after_cut``."""
 
     def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None:
         """Make the family's own config fields true after blocks were removed (``kept``: original

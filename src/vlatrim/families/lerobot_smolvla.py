@@ -20,11 +20,19 @@ Structure (lerobot 0.4.4, ``SmolVLMWithExpertModel``):
   therefore cuts layer ``i`` of the other (a symmetric coupling), and each kept pair must keep its
   attention role at its new index.
 
-What vlatrim cuts in a SmolVLA: paired depth (VLM text layer + expert layer). LeRobot rebuilds the VLM
-from ``vlm_model_name``'s config on every load and then keeps its first ``num_vlm_layers`` text
-layers, so depth is the one thing a SmolVLA checkpoint can express: vision-encoder depth, head / KV-head
-counts (the joint attention also hard-codes the VLM's head counts for the expert), MLP widths and the
-vocabulary are refused with a message saying so.
+What vlatrim cuts in a SmolVLA. LeRobot rebuilds the VLM from ``vlm_model_name``'s config on every load
+and keeps its first ``num_vlm_layers`` text layers, and its attention uses the VLM's head counts for the
+expert too. So:
+
+- paired depth (VLM text layer + expert layer; ``num_vlm_layers``), keeping each pair's attention role;
+- an expert-only depth cut (``--keep-partners``) where lerobot 0.4.4 runs it (``expert_keep_sets``);
+- query / KV heads and MLP channels of the VLM text layers, the same count in every layer (one config
+  field each); expert layer i loses exactly VLM layer i's heads (``cut_partners``);
+- vision-encoder depth (``vision_config.num_hidden_layers``).
+
+A cut that changes the VLM's structure is saved with the VLM LeRobot must build: ``vlm/`` beside the policy
+holds ``vlm_model_name``'s config with the cut fields and its processor files, and ``vlm_model_name`` names
+it by absolute path (``write_cut_vlm``). Vocabulary cuts and removing the LM head are refused.
 
 Loss (``loss``): the policy's own flow-matching loss (``SmolVLAPolicy.forward``: MSE between the
 predicted and the true velocity, averaged over batch, chunk steps and the padded action dims). Chunk
@@ -41,6 +49,7 @@ itself from torch's RNG (which the trainer seeds), as LeRobot trains.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +60,8 @@ from torch.utils.data import Dataset
 
 from vlatrim.errors import VlatrimError
 from vlatrim.families.base import LossInfo, NoSamples, PolicyFamily, SampleSet, Split, register_family
-from vlatrim.prune.plan import Coupling
+from vlatrim.models.smolvla import VLM_DIR, VLM_MARK
+from vlatrim.prune.plan import Coupling, PrunePlan
 
 POLICY_TYPE = "smolvla"
 VLM = "model.vlm_with_expert.vlm.model"
@@ -64,6 +74,7 @@ TOKENS_KEY, TOKEN_MASK_KEY = "observation.language.tokens", "observation.languag
 # Keys of a dataset batch besides the preprocessed observation.
 TARGET_KEY = "policy.action"  # the normalised action chunk (B, T, A) the loss regresses
 PI_TYPES = ("pi0", "pi05", "pi0fast", "pi0_fast")
+_VLM_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".msgpack", ".h5")
 
 
 def lerobot_available() -> bool:
@@ -104,6 +115,79 @@ def _in_hf_cache(repo_id: str) -> bool:
 
 def _vlm(model: nn.Module) -> nn.Module:
     return model.model.vlm_with_expert
+
+
+def _source_vlm_dir(name: str) -> Path:
+    """The directory holding ``vlm_model_name``'s files: the name itself, or its Hugging Face cache snapshot."""
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as e:  # not cached (load refuses that before LeRobot runs; a direct caller gets this)
+        raise VlatrimError(f"SmolVLA: vlm_model_name {name!r} is neither a local directory nor in the Hugging Face "
+                           f"cache ({type(e).__name__}); the cut VLM's processor files are copied from it") from None
+
+
+def vlm_shape(model: nn.Module) -> dict[str, int]:
+    """The VLM structure fields a cut can change, read from the live tensors: text heads, KV heads and MLP
+    width (every kept text layer has the same; ``check_plan`` refuses cuts that differ) and vision depth."""
+    w = _vlm(model)
+    vlm = w.get_vlm_model()
+    layer = vlm.text_model.layers[0]
+    head_dim = int(layer.self_attn.head_dim)
+    return {"num_attention_heads": layer.self_attn.q_proj.out_features // head_dim,
+            "num_key_value_heads": layer.self_attn.k_proj.out_features // head_dim,
+            "intermediate_size": layer.mlp.up_proj.out_features,
+            "vision_num_hidden_layers": len(vlm.vision_model.encoder.layers)}
+
+
+def _config_shape(vlm_config: Any) -> dict[str, int]:
+    tc, vc = vlm_config.text_config, vlm_config.vision_config
+    return {"num_attention_heads": int(tc.num_attention_heads), "num_key_value_heads": int(tc.num_key_value_heads),
+            "intermediate_size": int(tc.intermediate_size), "vision_num_hidden_layers": int(vc.num_hidden_layers)}
+
+
+def write_cut_vlm(model: nn.Module, out: Path, destination: Path) -> str | None:
+    """Write the VLM LeRobot must build for this policy into ``out/vlm`` when a cut changed its structure.
+
+    LeRobot builds the VLM from ``vlm_model_name``'s config (and processor) on every load, so a cut VLM
+    needs a config of its own: ``vlm/`` holds ``vlm_model_name``'s config with the cut's head counts, MLP
+    width and vision depth, and every non-weight file of that model (processor, tokenizer, templates). The
+    policy's ``vlm_model_name`` becomes the absolute path ``destination/vlm`` (LeRobot resolves a relative
+    one against the working directory) and ``load_vlm_weights`` false (the weights are in
+    ``model.safetensors``). A policy whose VLM is already such a directory (it holds ``vlatrim_vlm.json``)
+    is written with its own copy, so that the new checkpoint does not depend on the old one. Returns the
+    ``vlm_model_name`` it replaced when ``vlm/`` was written, else None.
+    """
+    import shutil
+
+    from transformers import AutoConfig
+
+    cfg = model.config
+    src = _source_vlm_dir(cfg.vlm_model_name)
+    base = AutoConfig.from_pretrained(str(src))
+    live = vlm_shape(model)
+    if live == _config_shape(base) and not (src / VLM_MARK).is_file():
+        return None
+    target = out / VLM_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    if target.resolve() != src.resolve():  # saved into the directory it was loaded from: the files are there
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name != "config.json" and not f.name.endswith(_VLM_WEIGHT_SUFFIXES):
+                shutil.copy2(f, target / f.name)
+    base.text_config.num_attention_heads = live["num_attention_heads"]
+    base.text_config.num_key_value_heads = live["num_key_value_heads"]
+    base.text_config.intermediate_size = live["intermediate_size"]
+    base.vision_config.num_hidden_layers = live["vision_num_hidden_layers"]
+    base.save_pretrained(target)
+    source = json.loads((src / VLM_MARK).read_text())["source"] if (src / VLM_MARK).is_file() else cfg.vlm_model_name
+    (target / VLM_MARK).write_text(json.dumps({"source": source, "shape": live}, indent=2) + "\n")
+    old = cfg.vlm_model_name
+    cfg.vlm_model_name = str((Path(destination) / VLM_DIR).resolve())
+    cfg.load_vlm_weights = False
+    return old
 
 
 def _processors(model: nn.Module) -> tuple[Any, Any]:
@@ -182,7 +266,39 @@ def cameras(model: nn.Module) -> tuple[str, ...]:
 
 
 def _role(i: int, n: int) -> str:
-    return "self" if n <= 0 or i % n == 0 else "cross"
+    """Layer i's attention role for an alternation ``n`` (see ``_alternation``): joint self-attention or
+    cross-attention to the VLM's keys and values."""
+    return "self" if n > 0 and i % n == 0 else "cross"
+
+
+def _alternation(w: nn.Module) -> int:
+    """LeRobot's rule as one number n for ``_role``: without ``cross`` in ``attention_mode`` every layer is
+    self-attention (n = 1); with it, layer i is self-attention when ``self_attn_every_n_layers`` = n > 0 and
+    i % n == 0, and cross-attention otherwise (n <= 0: every layer, given as 0)."""
+    if "cross" not in w.attention_mode:
+        return 1
+    return max(int(w.self_attn_every_n_layers), 0)
+
+
+def expert_keep_sets(num_vlm_layers: int, n: int) -> list[list[int]]:
+    """Expert-only keep sets that lerobot 0.4.4 runs beside ``num_vlm_layers`` VLM layers (one-to-one before).
+
+    LeRobot pairs expert layer j with VLM layer j * m (m = num_vlm_layers // num_expert_layers), so keeping
+    every m-th expert layer keeps each with its own VLM partner. It runs that only when every VLM layer left
+    without an expert is a cross-attention layer (a self-attention layer with neither prefix nor expert in the
+    denoising pass fails: ``torch.cat(): expected a non-empty list``), and when each kept expert's role at its
+    new index j equals its partner's role at j * m (LeRobot builds an expert's cross-attention k / v
+    projections by the expert's own index).
+    """
+    out = []
+    for m in range(2, num_vlm_layers + 1):
+        if num_vlm_layers % m:
+            continue
+        alone_are_cross = all(_role(i, n) == "cross" for i in range(num_vlm_layers) if i % m)
+        roles_kept = all(_role(j * m, n) == _role(j, n) for j in range(num_vlm_layers // m))
+        if alone_are_cross and roles_kept:
+            out.append(list(range(0, num_vlm_layers, m)))
+    return out
 
 
 def valid_keep_sets(num_layers: int, n: int, limit: int = 6) -> list[list[int]]:
@@ -335,23 +451,45 @@ class LeRobotSmolVLAFamily(PolicyFamily):
         from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
         vlm = read_config(path).get("vlm_model_name")
-        if isinstance(vlm, str) and not Path(vlm).is_dir() and not _in_hf_cache(vlm):
+        config = None
+        own = Path(path) / VLM_DIR
+        if (own / VLM_MARK).is_file() and vlm != str(own.resolve()):
+            # A policy with its own vlm/ that was moved or copied: vlm_model_name names where it was written
+            # (gone, or another policy's); the VLM that belongs to these weights is the one beside them.
+            from lerobot.configs.policies import PreTrainedConfig
+
+            config = PreTrainedConfig.from_pretrained(str(path))
+            config.vlm_model_name = str(own.resolve())
+        elif isinstance(vlm, str) and not Path(vlm).is_dir() and not _in_hf_cache(vlm):
             raise VlatrimError(f"{str(path)!r}: SmolVLA builds its VLM from vlm_model_name {vlm!r}, which is neither a "
                                "local directory nor in the Hugging Face cache, and vlatrim downloads nothing; download it "
                                "once (hf download <name>) or point vlm_model_name at a local copy")
         try:
-            policy = SmolVLAPolicy.from_pretrained(str(path), strict=True)
+            policy = SmolVLAPolicy.from_pretrained(str(path), config=config, strict=True)
         except (RuntimeError, ValueError, OSError) as e:
             raise VlatrimError(f"LeRobot could not load the SmolVLA policy {str(path)!r}: "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
+        overrides = {}
+        if config is not None:  # moved or copied: its tokenizer step names the old vlm/ as well
+            overrides = {"tokenizer_processor": {"tokenizer_name": config.vlm_model_name}}
+        try:
+            pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path),
+                                                 preprocessor_overrides=overrides)
+        except (RuntimeError, ValueError, OSError, KeyError) as e:
+            raise VlatrimError(f"LeRobot could not load the SmolVLA processors of {str(path)!r}: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         attach_processors(policy, pre, post)
         bridge_block_hooks(policy)
         return policy.to(device).eval()
 
-    def save(self, model: nn.Module, out: Path) -> None:
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
+        old = write_cut_vlm(model, Path(out), Path(destination) if destination is not None else Path(out))
         model.save_pretrained(out)  # LeRobot's: config.json + model.safetensors
         pre, post = _processors(model)
+        if old is not None:  # the tokenizer files are in vlm/ too: the tokenizer step reads them from there
+            for step in pre.steps:
+                if getattr(step, "tokenizer_name", None) == old:
+                    step.tokenizer_name = model.config.vlm_model_name
         pre.save_pretrained(out)
         post.save_pretrained(out)
 
@@ -504,20 +642,31 @@ class LeRobotSmolVLAFamily(PolicyFamily):
                                 "cross-attention to its keys and values)")]
 
     def check_cut(self, model: nn.Module, handle: Any, drops: dict[str, list[int]]) -> None:
-        if not any(drops.values()):
-            return
-        w = _vlm(model)
-        if drops.get(VISION_PATH):
-            raise VlatrimError("SmolVLA: the vision encoder cannot be cut; LeRobot rebuilds it from vlm_model_name's "
-                               "config on every load, which has no field for its depth (cut language / action pairs)")
-        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
-        if nv != ne:
-            raise VlatrimError(f"SmolVLA with num_expert_layers {ne} != num_vlm_layers {nv}: vlatrim cuts only policies "
-                               "whose expert pairs one-to-one with the VLM layers")
         lang, expert = drops.get(LANGUAGE_PATH, []), drops.get(EXPERT_PATH, [])
-        if lang != expert:  # the coupling makes them equal; anything else is a bug upstream
-            raise VlatrimError(f"SmolVLA cuts VLM and expert layers in pairs; got VLM {lang}, expert {expert}")
-        n = int(w.self_attn_every_n_layers) if "cross" in w.attention_mode else 0
+        if not lang and not expert:
+            return  # vision-encoder depth: any set of layers (LeRobot builds vision_config.num_hidden_layers of them)
+        w = _vlm(model)
+        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
+        n = _alternation(w)
+        if nv != ne:
+            raise VlatrimError(f"SmolVLA with num_expert_layers {ne} != num_vlm_layers {nv}: vlatrim cuts the depth only "
+                               "of policies whose expert pairs one-to-one with the VLM layers")
+        if expert and not lang:  # an expert-only cut (--keep-partners): the VLM keeps every layer
+            keep = [j for j in range(ne) if j not in set(expert)]
+            valid = expert_keep_sets(nv, n)
+            if keep not in valid:
+                layout = f"attention_mode={w.attention_mode!r}, self_attn_every_n_layers={w.self_attn_every_n_layers}"
+                raise VlatrimError(
+                    f"SmolVLA: an expert-only cut keeping expert layers {keep} of {ne} is not one lerobot 0.4.4 runs: it "
+                    f"runs an expert shallower than the VLM only by keeping every m-th layer (m dividing "
+                    f"num_vlm_layers={nv}) where every VLM layer left alone is a cross-attention layer and every kept "
+                    f"expert keeps its role; valid keep sets here ({layout}): "
+                    f"{'; '.join(map(str, valid)) or 'none'}; without --keep-partners the VLM partners go too")
+            return
+        if lang != expert:
+            raise VlatrimError(f"SmolVLA: VLM layers {lang} cannot be cut while their expert partners stay (LeRobot "
+                               "needs num_vlm_layers to be a multiple of num_expert_layers); cut the pairs (without "
+                               "--keep-partners)")
         keep = [i for i in range(nv) if i not in set(lang)]
         broken = [(old, new) for new, old in enumerate(keep) if _role(old, n) != _role(new, n)]
         if broken:
@@ -525,47 +674,102 @@ class LeRobotSmolVLAFamily(PolicyFamily):
             valid = "; ".join(str(k) for k in valid_keep_sets(nv, n))
             raise VlatrimError(
                 f"SmolVLA: keeping layers {keep} moves layer {old} ({_role(old, n)}-attention) to index {new}, where "
-                f"self_attn_every_n_layers={n} puts {_role(new, n)}-attention; keep sets whose layers keep their role, "
-                f"e.g. {valid}")
+                f"self_attn_every_n_layers={w.self_attn_every_n_layers} puts {_role(new, n)}-attention; keep sets "
+                f"whose layers keep their role, e.g. {valid}")
+
+    def check_plan(self, model: nn.Module, handle: Any, plan: PrunePlan) -> None:
+        """LeRobot builds the VLM from one config: every text layer has the same head counts and MLP width, and
+        its attention (``eager_attention_forward``) uses the VLM's head counts for the expert too. So head and
+        channel cuts must leave every kept VLM layer with the same counts; the vocabulary and the LM head stay."""
+        if plan.vocab is not None:
+            raise VlatrimError("SmolVLA: vocabulary cuts are refused (LeRobot tokenizes with vlm_model_name's tokenizer "
+                               "and rebuilds the embedding from its config); cut depth, heads, MLP channels or the "
+                               "vision encoder")
+        if plan.drop_lm_head:
+            raise VlatrimError("SmolVLA: --drop-lm-head is refused (LeRobot's SmolVLM keeps its LM head and loads "
+                               "model.safetensors strictly)")
+        if not plan.heads and not plan.mlp:
+            return
+        w = _vlm(model)
+        nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
+        if plan.heads and (nv != ne or plan.pathway_drops.get(EXPERT_PATH, []) != plan.drop_blocks):
+            raise VlatrimError(f"SmolVLA: head cuts need an expert that pairs one-to-one with the VLM layers (expert "
+                               "layer i takes VLM layer i's heads); this one has num_expert_layers "
+                               f"{ne - len(plan.pathway_drops.get(EXPERT_PATH, []))} beside num_vlm_layers "
+                               f"{nv - len(plan.drop_blocks)}")
+        kept = [b for b in range(handle.num_blocks) if b not in set(plan.drop_blocks)]
+        lays = handle.layouts
+        kv_kept = {b: sorted({h // (lays[b].attention.num_heads // lays[b].attention.num_kv_heads) for h in hs})
+                   for b, hs in plan.heads.items()}
+        for what, cut, full, field in (
+                ("query heads", plan.heads, [lay.attention.num_heads for lay in lays], "num_attention_heads"),
+                ("KV heads", kv_kept, [lay.attention.num_kv_heads for lay in lays], "num_key_value_heads"),
+                ("MLP channels", plan.mlp, [lay.mlp.intermediate_size for lay in lays], "intermediate_size")):
+            counts = {b: len(cut[b]) if b in cut else full[b] for b in kept}
+            if len(set(counts.values())) > 1:
+                raise VlatrimError(
+                    f"SmolVLA: the cut leaves the VLM layers unequal {what} {counts}; LeRobot builds every text layer "
+                    f"from one config field ({field}), so keep the same number in every layer (one --heads / "
+                    "--mlp-ratio value)")
+
+    def cut_partners(self, model: nn.Module, plan: PrunePlan, kept: dict[str, list[int]]) -> None:
+        """Give each expert layer its VLM partner's head cut.
+
+        Expert layer i attends with VLM layer i: at a joint (self-attention) layer the two sequences' queries,
+        keys and values are concatenated head by head, so the expert keeps exactly the VLM layer's query and KV
+        heads (rows of q / k / v, columns of o). At a cross-attention layer the expert's ``k_proj`` / ``v_proj``
+        read the VLM layer's keys and values (their input columns follow the VLM's kept KV heads) and give the
+        expert's own KV heads, cut alike so that query head h still reads KV head h // group.
+        """
+        from vlatrim.prune.ops import head_rows, slice_linear
+        from vlatrim.prune.width import cut_attention_heads, set_attention_counts
+
+        if not plan.heads:
+            return
+        w = _vlm(model)
+        n = _alternation(w)
+        before = (int(w.num_attention_heads), int(w.num_key_value_heads))
+        counts = before
+        for i, b in enumerate(kept.get(LANGUAGE_PATH, [])):
+            if b not in plan.heads:
+                continue
+            att = w.lm_expert.layers[i].self_attn
+            keep_q = torch.as_tensor(plan.heads[b], dtype=torch.long)
+            cross = _role(i, n) == "cross"
+            if cross:  # the VLM's kept KV heads are the input columns of the expert's k / v
+                g = before[0] // before[1]
+                vlm_kv = head_rows(keep_q.div(g, rounding_mode="floor").unique(), int(att.head_dim))
+                slice_linear(att.k_proj, vlm_kv, "in")
+                slice_linear(att.v_proj, vlm_kv, "in")
+            keep_kv = cut_attention_heads(o=att.o_proj, num_heads=before[0], num_kv_heads=before[1],
+                                          head_dim=int(att.head_dim), keep_q=keep_q, q=att.q_proj, k=att.k_proj,
+                                          v=att.v_proj, what=f"heads of expert layer {i}")
+            counts = (len(keep_q), len(keep_kv))
+            set_attention_counts(att, counts[0], counts[1], int(att.head_dim))
+        w.num_attention_heads, w.num_key_value_heads = counts
+        w.lm_expert.config.num_attention_heads, w.lm_expert.config.num_key_value_heads = counts
+        for layer in w.lm_expert.layers:  # attention modules point back at the shared, now true, config
+            if getattr(layer.self_attn, "config", None) is not None:
+                layer.self_attn.config = w.lm_expert.config
 
     def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None:
         w = _vlm(model)
-        self._refuse_widths(model)
-        if VISION_PATH in kept:  # check_cut refuses this; a direct caller of apply_plan gets the same answer
-            raise VlatrimError("SmolVLA: the vision encoder cannot be cut (LeRobot rebuilds it from vlm_model_name)")
-        text = w.get_vlm_model().text_model
+        vlm = w.get_vlm_model()
+        text = vlm.text_model
         nv, ne = len(text.layers), len(w.lm_expert.layers)
         cfg = model.config
         cfg.num_vlm_layers = nv
-        if cfg.num_expert_layers > 0:
+        if cfg.num_expert_layers > 0 or ne != nv:  # -1 means "as many as the VLM"; an expert-only cut sets it
             cfg.num_expert_layers = ne
         w.num_vlm_layers, w.num_expert_layers = nv, ne
-        w.config.text_config.num_hidden_layers = nv
-        text.config.num_hidden_layers = nv
+        shape = vlm_shape(model)
+        for c in {id(x): x for x in (w.config.text_config, text.config)}.values():
+            c.num_hidden_layers = nv
+            c.num_attention_heads, c.num_key_value_heads = shape["num_attention_heads"], shape["num_key_value_heads"]
+            c.intermediate_size = shape["intermediate_size"]
+        for c in {id(x): x for x in (w.config.vision_config, vlm.vision_model.config)}.values():
+            c.num_hidden_layers = shape["vision_num_hidden_layers"]
         w.lm_expert.config.num_hidden_layers = ne
-
-    def _refuse_widths(self, model: nn.Module) -> None:
-        """LeRobot builds the VLM from vlm_model_name's config: refuse any width or vocabulary the cut changed."""
-        from transformers import AutoConfig
-
-        w = _vlm(model)
-        tc = AutoConfig.from_pretrained(model.config.vlm_model_name).text_config
-        head_dim = int(tc.head_dim)
-        want = {"q_proj": tc.num_attention_heads * head_dim, "k_proj": tc.num_key_value_heads * head_dim,
-                "v_proj": tc.num_key_value_heads * head_dim, "up_proj": tc.intermediate_size}
-        text = w.get_vlm_model().text_model
-        for i, layer in enumerate(text.layers):
-            got = {"q_proj": layer.self_attn.q_proj.out_features, "k_proj": layer.self_attn.k_proj.out_features,
-                   "v_proj": layer.self_attn.v_proj.out_features, "up_proj": layer.mlp.up_proj.out_features}
-            if got != want:
-                raise VlatrimError(
-                    "SmolVLA: only paired depth cuts (--drop-blocks) are supported; head, KV-head and MLP-width cuts "
-                    f"are refused (layer {i} would have {got}; LeRobot rebuilds {want} from vlm_model_name's config, the "
-                    "joint attention uses the VLM's head counts for the expert too, and the expert's cross-attention "
-                    "k_proj / v_proj take the VLM's KV width)")
-        if text.get_input_embeddings().num_embeddings != tc.vocab_size:
-            raise VlatrimError("SmolVLA: vocabulary cuts are refused (LeRobot rebuilds the embedding from "
-                               "vlm_model_name's config and its tokenizer)")
 
     # ------------------------------------------------------------------ recovery
     def trainable(self, model: nn.Module, method: str) -> list[str]:

@@ -96,7 +96,7 @@ class QuantizedMixin:
         model.vlatrim_quantization = dict(entry)
         return model.to(device).eval()
 
-    def save(self, model: nn.Module, out: Path) -> None:
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
         raise VlatrimError(f"a quantized {self.name} model is written by `vlatrim quantize` from its float checkpoint, "
                            "not saved again")
 
@@ -153,7 +153,7 @@ def quantize_checkpoint(model: str | Path, scheme: str, out: str | Path, device:
     except OSError as e:
         raise VlatrimError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
     try:
-        family.save(float_model, staging)
+        family.save(float_model, staging, destination=out)
         float_file_bytes = sum(f.stat().st_size for f in _weight_files(staging))
         modules = apply_scheme(float_model, chosen)
         for f in _weight_files(staging):

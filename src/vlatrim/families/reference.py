@@ -44,7 +44,7 @@ class ReferenceFamily(PolicyFamily):
         refuse_non_finite(model, path)  # NaN weights would evaluate to 0% success, train to NaN, score nothing
         return model.to(device).eval()
 
-    def save(self, model: nn.Module, out: Path) -> None:
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
         model.save_pretrained(out)
 
     def loss_info(self, model: nn.Module) -> LossInfo:

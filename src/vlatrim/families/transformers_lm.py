@@ -78,7 +78,7 @@ class TransformersFamily(PolicyFamily):
         cls = remote_model_class(path, read_config(path), trust_remote_code)
         return load_pruned(path, model_cls=cls).to(device).eval()
 
-    def save(self, model: nn.Module, out: Path) -> None:
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
         from vlatrim.prune.surgery import WIDTHS_KEY
 
         cfg = model.config

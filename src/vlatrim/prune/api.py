@@ -55,6 +55,7 @@ class PruneRequest:
     budget_units: Literal["blocks", "all"] = "blocks"  # with a budget: what it removes after the vocabulary:
     # whole blocks in the scorer's order, or blocks, heads and MLP channels by loss per parameter
     pathway: str = "language"  # which block list drop_blocks cuts: language, vision, action, or a block-list path
+    keep_partners: bool = False  # cut only that block list; the family re-pairs its coupled partners or refuses
     method_options: dict[str, dict[str, Any]] | None = None  # {method name: {option: value}} for registered
     # methods without a field of their own (PruneMethod.applies: the name is a key; .options reads the value)
 
@@ -161,25 +162,37 @@ class CutHooks(Protocol):
 
     def check_cut(self, model: nn.Module, handle: Any, drops: dict[str, list[int]]) -> None: ...
 
+    def check_plan(self, model: nn.Module, handle: Any, plan: PrunePlan) -> None: ...
+
+    def cut_partners(self, model: nn.Module, plan: PrunePlan, kept: dict[str, list[int]]) -> None: ...
+
     def after_cut(self, model: nn.Module, kept: dict[str, list[int]]) -> None: ...
 
-    def save(self, model: nn.Module, out: Path) -> None: ...
+    def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None: ...
 
 
-def couple(plan: PrunePlan, model: nn.Module, handle: Any, hooks: CutHooks | None) -> PrunePlan:
+def couple(plan: PrunePlan, model: nn.Module, handle: Any, hooks: CutHooks | None,
+           keep_partners: bool = False) -> PrunePlan:
     """``plan`` with every block removal its couplings force (e.g. SmolVLA's expert layer i goes with VLM
-    layer i), checked by the family. Returns ``plan`` itself when nothing is coupled."""
+    layer i), checked by the family. Returns ``plan`` itself when nothing is coupled.
+
+    With ``keep_partners`` the couplings are not applied: the plan cuts only what it names, and the family's
+    ``check_cut`` decides whether the partners can be re-paired with the surviving blocks (or refuses)."""
     if hooks is None:
         return plan
     drops = {handle.blocks_path: plan.drop_blocks, **plan.pathway_drops}
     couplings = hooks.couplings(model, handle)
-    closed = close_over_couplings(drops, couplings)
+    closed = {k: sorted(v) for k, v in drops.items() if v} if keep_partners else close_over_couplings(drops, couplings)
     hooks.check_cut(model, handle, closed)
-    if closed == {k: v for k, v in drops.items() if v}:
-        return plan
-    out = dataclasses.replace(plan, drop_blocks=closed.pop(handle.blocks_path, []), pathway_drops=closed,
-                              notes={**plan.notes, "couplings": [c.to_json() for c in couplings]})
-    out.methods = plan.methods + ["couplings"]
+    if keep_partners and couplings:
+        out = dataclasses.replace(plan, notes={**plan.notes, "partners_kept": [c.to_json() for c in couplings]})
+    elif closed == {k: v for k, v in drops.items() if v}:
+        out = plan
+    else:
+        out = dataclasses.replace(plan, drop_blocks=closed.pop(handle.blocks_path, []), pathway_drops=closed,
+                                  notes={**plan.notes, "couplings": [c.to_json() for c in couplings]})
+        out.methods = plan.methods + ["couplings"]
+    hooks.check_plan(model, handle, out)
     return out
 
 
@@ -201,6 +214,7 @@ def execute(req: PruneRequest, model: nn.Module, handle: Any, plan: PrunePlan, b
     else:
         result = apply_plan(model, plan, handle)
     if hooks is not None:
+        hooks.cut_partners(result.model, plan, result.kept_by_path)
         hooks.after_cut(result.model, result.kept_by_path)
     tokenizer_kind = None
     if result.remap is not None and old_tok is not None:

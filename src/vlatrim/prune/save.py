@@ -58,7 +58,7 @@ def state_dict_sha256(model: nn.Module) -> str:
 
 
 def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], source_dir: str | Path | None = None,
-                save_model: Callable[[nn.Module, Path], None] | None = None) -> Path:
+                save_model: Callable[..., None] | None = None) -> Path:
     """Write the pruned model, its side files and ``prune.json`` into ``out`` atomically.
 
     Args:
@@ -66,8 +66,8 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
         out: output directory; it must not exist.
         report: the prune.json content (plan, parameters, source hash), written as is.
         source_dir: the source checkpoint directory, whose non-weight files are copied along.
-        save_model: how the model writes itself (a policy family's ``save``); default: its own
-            ``save_pretrained``.
+        save_model: how the model writes itself (a policy family's ``save``, called as
+            ``save_model(model, staging_dir, destination=out)``); default: its own ``save_pretrained``.
     Returns:
         ``out``.
     """
@@ -90,7 +90,7 @@ def save_pruned(result: SurgeryResult, out: str | Path, report: dict[str, Any], 
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     (tmp / rel).rename(dest)
         if save_model is not None:
-            save_model(result.model, tmp)
+            save_model(result.model, tmp, destination=out)
         else:
             _save_model(result, tmp)
         if result.tokenizer is not None and not hasattr(result.model, "tokenizer"):
