@@ -106,8 +106,8 @@ TRANSFER_TARGETS_GPU = ("button-press", "coffee-button", "dial-turn", "door-clos
                      "plate-slide and button-press (40 demos each): zero-shot evaluation, drop-one scores on the "
                      "targets, half and 5/6 of the blocks removed, every variant and the unpruned model fine-tuned "
                      "(full) at 0.2 and 1.0 of the base's budget, 20 episodes per target",
-         "54 min on the quiet 2-core CPU, measured when its fine-tunings still ran in fp32 beside the bf16 base "
-         "(benchmarks/results/study_transfer.json); not re-timed since they follow the base's precision")
+         "47 min on the quiet 2-core CPU, one command from an empty directory (benchmarks/results/"
+         "study_transfer.json): 9 min pretraining, 22 min fine-tuning, 12 min closed-loop evaluation")
 def _transfer() -> dict[str, Any]:
     return dict(protocol="transfer", target_tasks=TRANSFER_TARGETS_CPU, **_CPU_BUDGET_STUDY)
 
