@@ -74,51 +74,6 @@ def test_unpruned_save_and_reload_are_bit_identical(policy_dir, dataset, tmp_pat
     torch.testing.assert_close(fam.loss(model, batch)["loss"], loss, rtol=0, atol=0)
 
 
-def test_coupled_depth_cut_reloads_in_lerobot_with_the_same_loss(policy_dir, dataset, tmp_path, capsys):
-    from vlatrim.prune.api import PruneRequest, couple, make_plan
-    from vlatrim.prune.surgery import apply_plan
-
-    out = tmp_path / "cut"
-    assert main(["prune", "--model", str(policy_dir), "--out", str(out), "--drop-blocks", "1,2"]) == 0
-    rep = json.loads((out / "prune.json").read_text())
-    assert rep["family"] == FAMILY
-    assert rep["kept_by_path"] == {LANGUAGE_PATH: [0, 3], EXPERT_PATH: [0, 3]}
-    assert rep["plan"]["pathway_drops"] == {EXPERT_PATH: [1, 2]} and "couplings" in rep["plan"]["methods"]
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["type"] == "smolvla" and cfg["num_vlm_layers"] == 2
-
-    # In memory: the same cut, through the family's hooks.
-    fam = family_of(policy_dir)
-    model = fam.load(policy_dir)
-    handle = fam.handle(model)
-    plan, _ = make_plan(PruneRequest(drop_blocks=[1, 2]), model, handle)
-    plan = couple(plan, model, handle, fam)
-    result = apply_plan(model, plan, handle)
-    fam.after_cut(result.model, result.kept_by_path)
-    cut = result.model
-    w = cut.model.vlm_with_expert
-    assert (w.num_vlm_layers, w.num_expert_layers, w.config.text_config.num_hidden_layers) == (2, 2, 2)
-
-    # LeRobot alone reloads the cut policy (strictly), and it computes exactly the in-memory cut's loss.
-    lerobot_policy, pre, _ = _lerobot_load(out)
-    assert len(lerobot_policy.model.vlm_with_expert.lm_expert.layers) == 2
-    batch = _batch(fam, cut, dataset)
-    want = fam.loss(cut, batch)["loss"]
-    raw = fam.dataset(cut, dataset, "all").data.raw_batch(list(range(6)))
-    lb = pre(raw)
-    lb["actions_id_pad"] = lb.pop("action_is_pad")
-    got, _ = lerobot_policy.forward(lb, noise=batch["noise"], time=batch["time"])
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    reloaded = family_of(out).load(out)
-    torch.testing.assert_close(fam.loss(reloaded, batch)["loss"], want, rtol=0, atol=0)
-    torch.testing.assert_close(fam.predict_batch(reloaded, batch), fam.predict_batch(cut, batch), rtol=0, atol=0)
-    # An expert-only cut takes its VLM partner along (the coupling is symmetric).
-    assert main(["prune", "--model", str(policy_dir), "--out", str(tmp_path / "a"), "--pathway", "action",
-                 "--drop-blocks", "2,3"]) == 0
-    rep = json.loads((tmp_path / "a" / "prune.json").read_text())
-    assert rep["kept_by_path"] == {LANGUAGE_PATH: [0, 1], EXPERT_PATH: [0, 1]}
-
-
 def _cut_in_memory(policy_dir: Path, req):
     """The cut ``vlatrim prune`` makes, done in memory through the family's hooks."""
     from vlatrim.prune.api import couple, make_plan
@@ -152,6 +107,34 @@ def _assert_lerobot_reload_is_exact(fam, cut, out: Path, dataset: Path) -> None:
     reloaded = family_of(out).load(out)
     torch.testing.assert_close(fam.loss(reloaded, batch)["loss"], want, rtol=0, atol=0)
     torch.testing.assert_close(fam.predict_batch(reloaded, batch), fam.predict_batch(cut, batch), rtol=0, atol=0)
+
+
+def test_coupled_depth_cut_reloads_in_lerobot_with_the_same_loss(policy_dir, dataset, tmp_path, capsys):
+    from vlatrim.prune.api import PruneRequest
+
+    out = tmp_path / "cut"
+    assert main(["prune", "--model", str(policy_dir), "--out", str(out), "--drop-blocks", "1,2"]) == 0
+    rep = json.loads((out / "prune.json").read_text())
+    assert rep["family"] == FAMILY
+    assert rep["kept_by_path"] == {LANGUAGE_PATH: [0, 3], EXPERT_PATH: [0, 3]}
+    assert rep["plan"]["pathway_drops"] == {EXPERT_PATH: [1, 2]} and "couplings" in rep["plan"]["methods"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["type"] == "smolvla" and cfg["num_vlm_layers"] == 2
+    assert not (out / "vlm").exists()  # a depth cut keeps the VLM's structure: vlm_model_name stays
+
+    # In memory: the same cut, through the family's hooks; LeRobot alone reloads it (strictly) and computes
+    # exactly its loss.
+    fam = family_of(policy_dir)
+    cut = _cut_in_memory(policy_dir, PruneRequest(drop_blocks=[1, 2]))
+    w = cut.model.vlm_with_expert
+    assert (w.num_vlm_layers, w.num_expert_layers, w.config.text_config.num_hidden_layers) == (2, 2, 2)
+    assert len(_lerobot_load(out)[0].model.vlm_with_expert.lm_expert.layers) == 2
+    _assert_lerobot_reload_is_exact(fam, cut, out, dataset)
+    # An expert-only cut takes its VLM partner along (the coupling is symmetric).
+    assert main(["prune", "--model", str(policy_dir), "--out", str(tmp_path / "a"), "--pathway", "action",
+                 "--drop-blocks", "2,3"]) == 0
+    rep = json.loads((tmp_path / "a" / "prune.json").read_text())
+    assert rep["kept_by_path"] == {LANGUAGE_PATH: [0, 1], EXPERT_PATH: [0, 1]}
 
 
 @pytest.mark.parametrize("argv, req, shape", [
