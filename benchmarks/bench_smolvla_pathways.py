@@ -13,7 +13,7 @@ loss) and evaluated in closed loop. Then half the blocks of each pathway go in t
   lerobot 0.4.4 runs at this depth.
 
 Each cut is evaluated, recovered with the same budget (``--recover-steps`` of full recovery) and evaluated
-again, on the same closed-loop episodes. The layout is SmolVLA's with cross-attention in every layer
+again, on the same closed-loop episodes; the control is the uncut policy trained for that budget too. The layout is SmolVLA's with cross-attention in every layer
 (``self_attn_every_n_layers=-1``): with the default alternation of 2, lerobot 0.4.4 runs no expert-only
 cut, so the action row could not be measured apart from the language one (docs/lerobot.md).
 
@@ -133,7 +133,14 @@ def main() -> None:
                          "params_before": prune["params"]["before"], "params_after": prune["params"]["after"],
                          "after_cut": _success(work / f"eval_cut_{pathway}"),
                          "recovered": _success(work / f"eval_recovered_{pathway}"),
-                         "recover_steps_per_s": read_json(rec / "recover.json")["steps_per_s"]}
+                         "recover_steps_per_s": read_json(rec / "recover.json")["budget"]["steps_per_s"]}
+    # The control: the uncut policy trained for the same recovery budget, on the same episodes.
+    control = work / "control"
+    seconds["control"] = _cli(["recover", "--model", str(trained), "--data", str(demos), "--out", str(control),
+                               "--method", "full", "--steps", str(args.recover_steps), "--batch-size",
+                               str(args.batch_size), "--lr", str(args.lr)], control / "recover.json")
+    seconds["eval_control"] = _cli(["eval", "--policy", str(control), "--out", str(work / "eval_control"), *ev],
+                                   work / "eval_control" / "eval.json")
     train = read_json(trained / "recover.json")
     result = {
         "benchmark": "smolvla_pathways",
@@ -142,15 +149,18 @@ def main() -> None:
         "note": args.note,
         "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "note")}, "size": asdict(size),
                      "layout": "cross_attn, self_attn_every_n_layers=-1"},
-        "trained": {**_success(work / "eval_trained"), "steps": train["steps"], "steps_per_s": train["steps_per_s"],
+        "trained": {**_success(work / "eval_trained"), "steps": train["steps"],
+                    "steps_per_s": train["budget"]["steps_per_s"],
                     "final_loss": train.get("final_log", {}).get("loss"),
                     "params": train["params"]},
         "drop_one": drop_one,
+        "control": _success(work / "eval_control"),
         "pathways": rows,
         "seconds": seconds,
     }
     write_json_atomic(Path(args.out), result)
-    print(f"trained: {result['trained']['success']:.2f}")
+    print(f"trained: {result['trained']['success']:.2f}; control (+{args.recover_steps} steps): "
+          f"{result['control']['success']:.2f}")
     for p, r in rows.items():
         print(f"{p}: cut {r['after_cut']['success']:.2f} -> recovered {r['recovered']['success']:.2f}")
 
