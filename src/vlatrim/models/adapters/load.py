@@ -7,7 +7,7 @@ and parameter counts without allocating or initialising weights, so a 7B config 
 
 Remote code: a transformers directory may ship its own modeling code (``configuration_*.py`` /
 ``modeling_*.py`` named by ``auto_map`` in config.json, as OpenVLA does). vlatrim never runs it unless
-asked (``trust_remote_code=True``, the verbs' ``--trust-remote-code``); without that, such a model is
+asked (the ``trust_remote_code`` argument, set by the verbs' ``--trust-remote-code``); without that, such a model is
 refused with one line naming the flag. Only code inside the directory runs: an ``auto_map`` entry that
 points into another repository is refused (nothing is downloaded).
 """
