@@ -690,6 +690,8 @@ class LeRobotSmolVLAFamily(PolicyFamily):
                                "model.safetensors strictly)")
         if not plan.heads and not plan.mlp:
             return
+        from vlatrim.prune.gqa import group_size
+
         w = _vlm(model)
         nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)
         if plan.heads and (nv != ne or plan.pathway_drops.get(EXPERT_PATH, []) != plan.drop_blocks):
@@ -699,7 +701,7 @@ class LeRobotSmolVLAFamily(PolicyFamily):
                                f"{nv - len(plan.drop_blocks)}")
         kept = [b for b in range(handle.num_blocks) if b not in set(plan.drop_blocks)]
         lays = handle.layouts
-        kv_kept = {b: sorted({h // (lays[b].attention.num_heads // lays[b].attention.num_kv_heads) for h in hs})
+        kv_kept = {b: {h // group_size(lays[b].attention.num_heads, lays[b].attention.num_kv_heads) for h in hs}
                    for b, hs in plan.heads.items()}
         for what, cut, full, field in (
                 ("query heads", plan.heads, [lay.attention.num_heads for lay in lays], "num_attention_heads"),
