@@ -17,10 +17,15 @@ again, on the same closed-loop episodes; the control is the uncut policy trained
 (``self_attn_every_n_layers=-1``): with the default alternation of 2, lerobot 0.4.4 runs no expert-only
 cut, so the action row could not be measured apart from the language one (docs/lerobot.md).
 
+``--methods full,lora,distill`` recovers each cut with every recovery method named (same steps, batch and
+learning rate; distillation from the trained policy), the comparison behind the family's default method.
+``--pathways`` limits the study to some pathways and ``--no-control`` skips the control.
+
 Every stage writes its own directory under --work and is skipped when it is there (resumable).
 
     PYTHONPATH=src .venv-lerobot/bin/python benchmarks/bench_smolvla_pathways.py [--demos DIR]
-        [--steps 3000] [--recover-steps 600] [--episodes 20] [--work DIR] [--out JSON] [--note TEXT]
+        [--steps 3000] [--recover-steps 600] [--episodes 20] [--methods full[,lora,distill]]
+        [--pathways vision,language,action] [--no-control] [--work DIR] [--out JSON] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/vlatrim_smolvla_pathways")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--note", default="")
+    ap.add_argument("--methods", default="full", help="recovery methods to compare on every cut (comma-separated)")
+    ap.add_argument("--pathways", default="vision,language,action", help="pathways to cut (comma-separated)")
+    ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                    help="train and evaluate the uncut policy for the recovery budget too")
     args = ap.parse_args()
     from vlatrim.models.smolvla import SmolVLMSize, new_smolvla
 
@@ -115,32 +124,47 @@ def main() -> None:
         "action": ["--pathway", "action", "--keep-partners", "--drop-blocks",
                    ",".join(str(i) for i in range(1, args.text_layers, 2))],
     }
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = {}
-    for pathway, argv in cuts.items():
-        cut, rec = work / f"cut_{pathway}", work / f"recovered_{pathway}"
+    for pathway in [p.strip() for p in args.pathways.split(",") if p.strip()]:
+        argv = cuts[pathway]
+        cut = work / f"cut_{pathway}"
         seconds[f"prune_{pathway}"] = _cli(["prune", "--model", str(trained), "--out", str(cut), *argv],
                                            cut / "prune.json")
         seconds[f"eval_cut_{pathway}"] = _cli(["eval", "--policy", str(cut), "--out", str(work / f"eval_cut_{pathway}"),
                                                *ev], work / f"eval_cut_{pathway}" / "eval.json")
-        seconds[f"recover_{pathway}"] = _cli(["recover", "--model", str(cut), "--data", str(demos), "--out", str(rec),
-                                              "--method", "full", "--steps", str(args.recover_steps), "--batch-size",
-                                              str(args.batch_size), "--lr", str(args.lr)], rec / "recover.json")
-        seconds[f"eval_recovered_{pathway}"] = _cli(
-            ["eval", "--policy", str(rec), "--out", str(work / f"eval_recovered_{pathway}"), *ev],
-            work / f"eval_recovered_{pathway}" / "eval.json")
+        by_method = {}
+        for method in methods:
+            tag = pathway if method == "full" else f"{pathway}_{method}"  # full keeps the study's directory names
+            rec = work / f"recovered_{tag}"
+            teacher = ["--teacher", str(trained)] if method == "distill" else []
+            seconds[f"recover_{tag}"] = _cli(["recover", "--model", str(cut), "--data", str(demos), "--out", str(rec),
+                                              "--method", method, *teacher, "--steps", str(args.recover_steps),
+                                              "--batch-size", str(args.batch_size), "--lr", str(args.lr)],
+                                             rec / "recover.json")
+            seconds[f"eval_recovered_{tag}"] = _cli(
+                ["eval", "--policy", str(rec), "--out", str(work / f"eval_recovered_{tag}"), *ev],
+                work / f"eval_recovered_{tag}" / "eval.json")
+            summary = read_json(rec / "recover.json")
+            by_method[method] = {"recovered": _success(work / f"eval_recovered_{tag}"),
+                                 "steps_per_s": summary["budget"]["steps_per_s"],
+                                 "trainable_params": summary["params"]["trainable"],
+                                 "held_out": summary.get("held_out")}
         prune = read_json(cut / "prune.json")
         rows[pathway] = {"cut": argv, "kept_by_path": prune.get("kept_by_path", {LANGUAGE: prune["kept_blocks"]}),
                          "params_before": prune["params"]["before"], "params_after": prune["params"]["after"],
-                         "after_cut": _success(work / f"eval_cut_{pathway}"),
-                         "recovered": _success(work / f"eval_recovered_{pathway}"),
-                         "recover_steps_per_s": read_json(rec / "recover.json")["budget"]["steps_per_s"]}
+                         "after_cut": _success(work / f"eval_cut_{pathway}"), "methods": by_method}
+        if "full" in by_method:
+            rows[pathway]["recovered"] = by_method["full"]["recovered"]
+            rows[pathway]["recover_steps_per_s"] = by_method["full"]["steps_per_s"]
     # The control: the uncut policy trained for the same recovery budget, on the same episodes.
     control = work / "control"
-    seconds["control"] = _cli(["recover", "--model", str(trained), "--data", str(demos), "--out", str(control),
-                               "--method", "full", "--steps", str(args.recover_steps), "--batch-size",
-                               str(args.batch_size), "--lr", str(args.lr)], control / "recover.json")
-    seconds["eval_control"] = _cli(["eval", "--policy", str(control), "--out", str(work / "eval_control"), *ev],
-                                   work / "eval_control" / "eval.json")
+    if args.control:
+        seconds["control"] = _cli(["recover", "--model", str(trained), "--data", str(demos), "--out", str(control),
+                                   "--method", "full", "--steps", str(args.recover_steps), "--batch-size",
+                                   str(args.batch_size), "--lr", str(args.lr)], control / "recover.json")
+        seconds["eval_control"] = _cli(["eval", "--policy", str(control), "--out", str(work / "eval_control"), *ev],
+                                       work / "eval_control" / "eval.json")
     train = read_json(trained / "recover.json")
     result = {
         "benchmark": "smolvla_pathways",
@@ -154,15 +178,16 @@ def main() -> None:
                     "final_loss": train.get("final_log", {}).get("loss"),
                     "params": train["params"]},
         "drop_one": drop_one,
-        "control": _success(work / "eval_control"),
+        "control": _success(work / "eval_control") if args.control else None,
         "pathways": rows,
         "seconds": seconds,
     }
     write_json_atomic(Path(args.out), result)
-    print(f"trained: {result['trained']['success']:.2f}; control (+{args.recover_steps} steps): "
-          f"{result['control']['success']:.2f}")
+    print(f"trained: {result['trained']['success']:.2f}" + (
+        f"; control (+{args.recover_steps} steps): {result['control']['success']:.2f}" if args.control else ""))
     for p, r in rows.items():
-        print(f"{p}: cut {r['after_cut']['success']:.2f} -> recovered {r['recovered']['success']:.2f}")
+        print(f"{p}: cut {r['after_cut']['success']:.2f} -> recovered " +
+              ", ".join(f"{m} {v['recovered']['success']:.2f}" for m, v in r["methods"].items()))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from vlatrim.errors import VlatrimError
+from vlatrim.families import FAMILIES
 from vlatrim.models.backbones import Backbone, build_backbone_from_config, default_tokenizer
 from vlatrim.models.reference import ReferenceVLA, VLAConfig
 from vlatrim.train.data import ChunkDataset, DemoFrames
 from vlatrim.train.recovery import RECOVERY_METHODS, DistillSettings, LoraSettings, RecoverySettings
-from vlatrim.train.recovery.distill import check_teacher
 from vlatrim.train.recovery.lora import resolve_lora_targets
 
 IMG, T = 16, 2
@@ -131,7 +131,8 @@ def test_lora_wraps_trains_only_adapters_and_merges_to_the_same_outputs(frames, 
 
 # ------------------------------------------------------------------ distillation
 def _distill(student, teacher, kept, **kw):
-    method = RECOVERY_METHODS.get("distill")(RecoverySettings(method="distill", distill=DistillSettings(**kw)))
+    method = RECOVERY_METHODS.get("distill")(RecoverySettings(method="distill", distill=DistillSettings(**kw)),
+                                             FAMILIES.get("vlatrim_vla"))
     method.attach_teacher(teacher, student, kept)
     return method
 
@@ -213,11 +214,11 @@ def test_teacher_with_another_action_space_is_refused(frames):
     longer = tiny_vla(frames, blocks=2)
     longer.config.chunk_size = 4
     with pytest.raises(VlatrimError, match="teacher chunk_size is 4 but the student's is 2"):
-        check_teacher(student, longer)
+        FAMILIES.get("vlatrim_vla").check_teacher(student, longer)
     other_stats = tiny_vla(frames, blocks=2)
     other_stats.set_normalization(synthetic_frames(seed=5).stats())
     with pytest.raises(VlatrimError, match="teacher normalization observation.state.mean differs from the student's"):
-        check_teacher(student, other_stats)
+        FAMILIES.get("vlatrim_vla").check_teacher(student, other_stats)
 
 
 def test_distill_settings_validate():

@@ -177,11 +177,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dirs, tmp_path
     (dict(teacher="x"), "--teacher is only used by --method distill, not 'full'"),
     (dict(settings=RecoverySettings(method="lora", lora=LoraSettings(targets=("qkv",)))),
      "LoRA target 'qkv' matches no linear module under 'backbone'"),
+    (dict(settings=RecoverySettings(train_also=("backbone.nothing",))),
+     r"--train-also 'backbone.nothing' matches no parameter of the model; give a dotted prefix of parameter names "
+     r"\(they start with "),
 ])
 def test_bad_input_fails_before_anything_is_written(dirs, tmp_path, kwargs, message):
     with pytest.raises(VlatrimError, match=message):
         recover(dirs["pruned"], dirs["data"], tmp_path / "run", trainer=_trainer(), **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+def test_train_also_is_for_full_and_distill_only():
+    with pytest.raises(VlatrimError, match="--train-also applies to --method full and distill; LoRA trains prefixes in "
+                                           "full with --lora-train-also"):
+        RecoverySettings(method="lora", train_also=("head",))
+    assert RecoverySettings(train_also=("head",)).method_dict()["train_also"] == ["head"]
+    assert "train_also" not in RecoverySettings().method_dict()  # older runs' run_config.json still match on resume
 
 
 def test_a_library_call_with_a_batch_larger_than_the_samples_writes_nothing(dirs, tmp_path):

@@ -28,6 +28,9 @@ class RecoverCommand:
     """full: the parameters the model's family trains in full (by default every trainable one; a LeRobot
     SmolVLA: what its config leaves trainable plus the VLM text layers; see docs/lerobot.md); lora: peft adapters (scope from the model's family), merged on save;
     distill: full fine-tuning with the teacher's actions (and optionally hidden states) as extra targets."""
+    train_also: str = ""
+    """Comma-separated parameter-name prefixes trained in full besides the family's set (--method full and
+    distill), e.g. model.vlm_with_expert.vlm.model.vision_model after a SmolVLA vision cut."""
     teacher: str | None = None
     """The unpruned model (checkpoint directory) to distil from; --method distill only."""
     steps: int = 500
@@ -119,6 +122,7 @@ class RecoverCommand:
 
         settings = RecoverySettings(
             method=self.method, val_fraction=self.val_fraction, gradient_checkpointing=self.gradient_checkpointing,
+            train_also=_names(self.train_also),
             lora=LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
                               targets=_names(self.lora_targets), scope=self.lora_scope,
                               train_also=None if self.lora_train_also is None else _names(self.lora_train_also)),

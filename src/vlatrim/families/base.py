@@ -15,7 +15,8 @@ A family is one class, registered by name in ``FAMILIES``, that answers for one 
   block list forces on another; ``check_cut`` / ``after_cut``: refuse what the architecture cannot
   express, and keep the family's own config fields true after a cut;
 - ``recovery_methods``, ``trainable(model, method)`` and ``lora_defaults(model)``: which recovery
-  methods apply, what full fine-tuning trains, and what LoRA adapts and trains by default.
+  methods apply, what full fine-tuning trains, and what LoRA adapts and trains by default;
+  ``check_teacher`` and ``distill_outputs``: what distillation compares (families offering ``distill``).
 
 Verbs never test for a concrete model class: they call ``family_of(path)`` and ask the family. Families
 register when their module is imported; ``vlatrim.families`` imports the built-in ones and any module
@@ -222,6 +223,29 @@ class PolicyFamily:
     def lora_defaults(self, model: nn.Module) -> tuple[str, tuple[str, ...]]:
         """(module scope LoRA adapts by default, parameter prefixes trained in full beside the adapters)."""
         return "", ()
+
+    def check_teacher(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Refuse (``VlatrimError``, naming the field and both values) a distillation teacher whose
+        predictions are not in the student's units: another action space, chunk or normalisation.
+        Families that offer ``distill`` override it; the default refuses every teacher."""
+        raise VlatrimError(f"a {self.name} model cannot be distilled: its family compares no predictions")
+
+    def distill_outputs(self, student: nn.Module, teacher: nn.Module,
+                        batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The student's loss dict (with gradients) and the teacher's (without), on the same batch and the same
+        random draws, each with ``"raw"``: the prediction distillation compares, in normalised action units
+        ((B, T, A) values or (B, T, A, K) logits), and optionally ``"raw_mask"`` (B, T): the chunk steps to
+        compare (default: all). Default: ``loss`` of each (a deterministic loss whose output carries
+        ``raw``); a batch with ``teacher_input_ids`` (the student's vocabulary was cut) gives the teacher
+        its own token ids."""
+        out = self.loss(student, batch)
+        t_batch = batch
+        if "teacher_input_ids" in batch:
+            t_batch = {**batch, "input_ids": batch["teacher_input_ids"],
+                       "attention_mask": batch["teacher_attention_mask"]}
+        with torch.no_grad():
+            t_out = self.loss(teacher, t_batch)
+        return out, t_out
 
 
 FAMILIES: Registry[PolicyFamily] = Registry("policy family")

@@ -257,6 +257,52 @@ def _block_output_hooks(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch
     return _run_block_hooks(layer, h, r + out) - r
 
 
+# Config fields a distillation teacher must share with its student (what the compared velocities mean).
+_TEACHER_FIELDS = ("input_features", "output_features", "chunk_size", "max_state_dim", "max_action_dim",
+                   "normalization_mapping", "resize_imgs_with_padding")
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain data (LeRobot's feature and enum objects compare by their fields)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "shape") and hasattr(value, "type"):  # PolicyFeature
+        return {"type": str(getattr(value.type, "value", value.type)), "shape": [int(d) for d in value.shape]}
+    return getattr(value, "value", value)  # enums by value
+
+
+def _normaliser_stats(model: nn.Module) -> dict[str, np.ndarray]:
+    """The (un)normaliser steps' statistics of the policy's processors, as ``{"<key>.<stat>": array}``."""
+    out: dict[str, np.ndarray] = {}
+    for pipeline in _processors(model):
+        for step in pipeline.steps:
+            for key, stats in (getattr(step, "stats", None) or {}).items():
+                for name, value in stats.items():
+                    t = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+                    out[f"{key}.{name}"] = t
+    return out
+
+
+def _flow(model: nn.Module, batch: dict[str, Any], noise: torch.Tensor | None,
+          time: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SmolVLA's flow-matching loss on a ``dataset`` batch (``noise`` / ``time`` None: the policy draws them)
+    and the velocity v_t (B, T, max_action_dim) its ``action_out_proj`` predicted in that pass."""
+    b = {k: v for k, v in batch.items() if k not in ("noise", "time", TARGET_KEY, ACTION_KEY, "action_mask",
+                                                       "loss_denominator")}
+    b[ACTION_KEY] = batch[TARGET_KEY]
+    b["actions_id_pad"] = ~batch["action_mask"].bool()  # the key SmolVLAPolicy.forward reads for padding
+    grabbed: list[torch.Tensor] = []
+    proj = getattr(model, "module", model).model.action_out_proj
+    handle = proj.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
+    try:
+        loss, _ = model(b, noise=noise, time=time)
+    finally:
+        handle.remove()
+    return loss, grabbed[-1]
+
+
 def image_keys(model: nn.Module) -> list[str]:
     return list(model.config.image_features)
 
@@ -430,7 +476,7 @@ class LeRobotSmolVLAFamily(PolicyFamily):
 
     name = "lerobot_smolvla"
     description = "a LeRobot SmolVLA policy (SmolVLM + flow-matching action expert)"
-    recovery_methods = ("full", "lora")
+    recovery_methods = ("full", "lora", "distill")
 
     # ------------------------------------------------------------------ checkpoints
     def recognizes(self, path: Path, config: dict[str, Any]) -> bool:
@@ -495,13 +541,42 @@ class LeRobotSmolVLAFamily(PolicyFamily):
 
     # ------------------------------------------------------------------ loss and data
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        b = {k: v for k, v in batch.items() if k not in ("noise", "time", TARGET_KEY, ACTION_KEY, "action_mask",
-                                                           "loss_denominator")}
-        b[ACTION_KEY] = batch[TARGET_KEY]
-        b["actions_id_pad"] = ~batch["action_mask"].bool()  # the key SmolVLAPolicy.forward reads for padding
         fixed = not model.training
-        loss, _ = model(b, noise=batch["noise"] if fixed else None, time=batch["time"] if fixed else None)
+        loss, _ = _flow(model, batch, batch["noise"] if fixed else None, batch["time"] if fixed else None)
         return {"loss": loss}
+
+    def check_teacher(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Refuse a teacher with other features, chunk, padding or normalisation than the student's."""
+        s_cfg, t_cfg = student.config, teacher.config
+        for f in _TEACHER_FIELDS:
+            a, b = _plain(getattr(s_cfg, f, None)), _plain(getattr(t_cfg, f, None))
+            if a != b:
+                raise VlatrimError(f"teacher {f} is {b!r} but the student's is {a!r}; distil from a teacher with the "
+                                   "student's features and action space (the policy it was pruned from)")
+        s_stats, t_stats = _normaliser_stats(student), _normaliser_stats(teacher)
+        for key in sorted(set(s_stats) | set(t_stats)):
+            a, b = s_stats.get(key), t_stats.get(key)
+            if a is None or b is None or a.shape != b.shape or not np.array_equal(a, b):
+                raise VlatrimError(f"teacher normalization {key} differs from the student's; its actions would be in "
+                                   "other units (distil from the policy the student was pruned from)")
+
+    def distill_outputs(self, student: nn.Module, teacher: nn.Module,
+                        batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Both policies' flow-matching loss and predicted velocity v_t (the real action dims) at the same
+        noise and time: fresh draws by the student's own sampler in train mode (as LeRobot trains), the
+        batch's fixed draws in eval mode. ``raw_mask``: the chunk steps inside the episode."""
+        core = getattr(student, "module", student).model  # VLAFlowMatching (under DDP, inside the wrapper)
+        target = batch[TARGET_KEY]
+        noise, time = batch["noise"], batch["time"]
+        if student.training:
+            noise = core.sample_noise(tuple(noise.shape), target.device)
+            time = core.sample_time(int(target.shape[0]), target.device)
+        loss, v_s = _flow(student, batch, noise, time)
+        with torch.no_grad():
+            t_loss, v_t = _flow(teacher, batch, noise, time)
+        a = int(target.shape[-1])
+        return ({"loss": loss, "raw": v_s[..., :a], "raw_mask": batch["action_mask"].bool()},
+                {"loss": t_loss, "raw": v_t[..., :a]})
 
     def loss_info(self, model: nn.Module) -> LossInfo:
         cfg = model.config
@@ -782,10 +857,10 @@ class LeRobotSmolVLAFamily(PolicyFamily):
         DDP requires one for every trainable parameter): the VLM's prefix output is discarded after the last
         layer that an expert layer runs beside, so that layer trains only ``input_layernorm``, ``k_proj`` and
         ``v_proj`` (the keys and values the expert attends to), and the layers after it train nothing.
-        Other methods: what requires grad as loaded.
+        ``distill`` trains the same parameters as ``full``. Other methods: what requires grad as loaded.
         """
         names = super().trainable(model, method)
-        if method != "full":
+        if method not in ("full", "distill"):
             return names
         w = _vlm(model)
         nv, ne = len(w.get_vlm_model().text_model.layers), len(w.lm_expert.layers)

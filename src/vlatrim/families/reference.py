@@ -14,6 +14,8 @@ from vlatrim.families.base import LossInfo, NoSamples, PolicyFamily, SampleSet, 
 from vlatrim.models.reference.config import MODEL_TYPE
 
 VIT_LAYERS = "vision.encoder.layers"  # the ViT encoder's blocks (vision pathway)
+# Fields of the reference VLA config that define the action space a distillation teacher must share.
+_ACTION_SPACE = ("action_dim", "state_dim", "chunk_size", "action_head", "normalization", "image_size")
 
 
 @register_family
@@ -46,6 +48,21 @@ class ReferenceFamily(PolicyFamily):
 
     def save(self, model: nn.Module, out: Path, destination: Path | None = None) -> None:
         model.save_pretrained(out)
+
+    def check_teacher(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Refuse a teacher whose action space, chunk length or normalization differs from the student's."""
+        fields = _ACTION_SPACE + (("n_bins",) if student.config.action_head == "discrete" else ())
+        for f in fields:
+            a, b = getattr(student.config, f), getattr(teacher.config, f)
+            if a != b:
+                raise VlatrimError(f"teacher {f} is {b!r} but the student's is {a!r}; distil from a teacher with the "
+                                   "student's action space (the model it was pruned from)")
+        s_stats, t_stats = student.normalization_stats(), teacher.normalization_stats()
+        for key in s_stats:
+            for stat in s_stats[key]:
+                if s_stats[key][stat] != t_stats[key][stat]:
+                    raise VlatrimError(f"teacher normalization {key}.{stat} differs from the student's; its actions "
+                                       "would be in other units (distil from the model the student was pruned from)")
 
     def loss_info(self, model: nn.Module) -> LossInfo:
         cfg = model.config

@@ -99,8 +99,17 @@ class RecoverySettings:
     """Share of each task's episodes held out (the last ones) for the offline action error."""
     gradient_checkpointing: bool = False
     """Recompute the backbone's activations in the backward pass (memory for time; large backbones)."""
+    train_also: tuple[str, ...] = ()
+    """``full`` and ``distill``: parameters trained besides the family's full set, by name prefix (e.g. a
+    SmolVLA's vision encoder after a vision cut, which LeRobot's ``freeze_vision_encoder`` freezes)."""
 
     def __post_init__(self) -> None:
+        self.train_also = tuple(self.train_also)
+        if any(not t for t in self.train_also):
+            raise VlatrimError(f"train_also {list(self.train_also)!r} must be non-empty parameter-name prefixes")
+        if self.train_also and self.method == "lora":
+            raise VlatrimError("--train-also applies to --method full and distill; LoRA trains prefixes in full "
+                               "with --lora-train-also")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         if isinstance(self.distill, dict):
@@ -112,6 +121,8 @@ class RecoverySettings:
         """The settings that matter for ``method`` (what run_config.json and recover.json record)."""
         out: dict[str, Any] = {"method": self.method, "val_fraction": self.val_fraction,
                                "gradient_checkpointing": self.gradient_checkpointing}
+        if self.train_also:  # recorded only when set, so runs written before the field existed still resume
+            out["train_also"] = list(self.train_also)
         if self.method == "lora":
             out["lora"] = _jsonable(dataclasses.asdict(self.lora))
         if self.method == "distill":

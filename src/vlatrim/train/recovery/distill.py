@@ -3,15 +3,18 @@
 Loss (all terms in normalized action units, so their scales are comparable):
 
     task_weight * L_task(student)                               behaviour cloning, the model's own loss
-  + action_weight * D(student chunk, teacher chunk)             L1 / MSE (continuous) or KL (discrete)
+  + action_weight * D(student prediction, teacher prediction)   L1 / MSE (continuous) or KL (discrete)
   + hidden_weight * mean_i mean_b relMSE(h_s[i], h_t[kept[i]])   kept block i against its teacher block
 
-``kept[i]`` is the original index of the student's block i (``prune.json`` ``kept_blocks``), so block
-outputs are compared with the teacher block they were cut from, not with the teacher's i-th block.
-relMSE is, per sample b, the MSE over its non-padding positions divided by the teacher output's mean
-square there (detached): block outputs of a pre-norm decoder grow with depth, and this keeps each
-block's term scale-free. Every term is a mean over samples of per-sample values, so a batch split
-into equal shares (processes, accumulation micro-batches) averages to the whole batch's value.
+What is compared comes from the model's family (``PolicyFamily.distill_outputs``): the reference VLA's
+action chunk, a flow-matching policy's velocity at the same noise and time draws for both models (SmolVLA).
+D averages, per sample, over the chunk steps the family marks real (``raw_mask``), then over samples.
+``kept[i]`` is the original index of the student's language block i (``prune.json`` ``kept_blocks``), so
+block outputs are compared with the teacher block they were cut from, not with the teacher's i-th block.
+relMSE is, per sample b, the MSE over its real positions (the family's ``position_mask``) divided by the
+teacher output's mean square there (detached): block outputs of a pre-norm decoder grow with depth, and
+this keeps each block's term scale-free. Every term is a mean over samples of per-sample values, so a batch
+split into equal shares (processes, accumulation micro-batches) averages to the whole batch's value.
 Every distillation term is exactly zero when the student equals the teacher.
 """
 
@@ -26,41 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlatrim.errors import VlatrimError
-from vlatrim.train.recovery.base import RECOVERY_METHODS, RecoveryMethod
-
-# Fields of the reference VLA config that define the action space the two models must share.
-_ACTION_SPACE = ("action_dim", "state_dim", "chunk_size", "action_head", "normalization", "image_size")
+from vlatrim.train.recovery.base import RECOVERY_METHODS
+from vlatrim.train.recovery.full import FullFineTune
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    from vlatrim.models.adapters import locate_backbone
-
-    return list(locate_backbone(model).blocks)
-
-
-def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
-    """Refuse a teacher whose action space, chunk length or normalization differs from the student's.
-
-    Raises:
-        VlatrimError: naming the first field that differs and both values.
-    """
-    fields = _ACTION_SPACE + (("n_bins",) if student.config.action_head == "discrete" else ())
-    for f in fields:
-        a, b = getattr(student.config, f), getattr(teacher.config, f)
-        if a != b:
-            raise VlatrimError(f"teacher {f} is {b!r} but the student's is {a!r}; distil from a teacher with the "
-                               "student's action space (the model it was pruned from)")
-    s_stats, t_stats = student.normalization_stats(), teacher.normalization_stats()
-    for key in s_stats:
-        for stat in s_stats[key]:
-            if s_stats[key][stat] != t_stats[key][stat]:
-                raise VlatrimError(f"teacher normalization {key}.{stat} differs from the student's; its actions "
-                                   "would be in other units (distil from the model the student was pruned from)")
-
-
-def resolve_kept_blocks(student: nn.Module, teacher: nn.Module, kept_blocks: list[int] | None) -> list[int]:
-    """Teacher index of each student block: ``kept_blocks`` from prune.json, or identity for equal depths."""
-    ns, nt = len(_blocks(student)), len(_blocks(teacher))
+def resolve_kept_blocks(ns: int, nt: int, kept_blocks: list[int] | None) -> list[int]:
+    """Teacher index of each of the student's ``ns`` blocks (the teacher has ``nt``): ``kept_blocks`` from
+    prune.json, or identity for equal depths."""
     if kept_blocks is None:
         if ns != nt:
             raise VlatrimError(f"the student has {ns} blocks and the teacher {nt}, and the student has no prune.json "
@@ -91,14 +66,20 @@ def capture_block_outputs(blocks: list[nn.Module], which: list[int]) -> Iterator
 
 
 def action_distill_loss(student_raw: torch.Tensor, teacher_raw: torch.Tensor, distance: str,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """Distance between action predictions: (B, T, A) normalized values or (B, T, A, K) bin logits."""
+                        temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance between predictions: (B, T, A) normalized values or (B, T, A, K) bin logits; ``mask`` (B, T)
+    keeps the chunk steps to compare (per sample the mean over its kept steps, then the mean over samples)."""
     s, t = student_raw.float(), teacher_raw.float()
     if s.dim() == 4:  # discrete bins: KL(teacher || student) per action dimension, scaled by T^2 as usual
         log_s = F.log_softmax(s / temperature, -1)
         log_t = F.log_softmax(t / temperature, -1)
-        return (log_t.exp() * (log_t - log_s)).sum(-1).mean() * temperature**2
-    return (s - t).abs().mean() if distance == "l1" else (s - t).square().mean()
+        per = (log_t.exp() * (log_t - log_s)).sum(-1) * temperature**2  # (B, T, A)
+    else:
+        per = (s - t).abs() if distance == "l1" else (s - t).square()  # (B, T, A)
+    if mask is None:
+        return per.mean()
+    m = mask.to(per.device, per.dtype)[:, :, None].expand_as(per)
+    return ((per * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp_min(1.0)).mean()
 
 
 def hidden_align_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tensor],
@@ -120,50 +101,55 @@ def hidden_align_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tenso
 
 
 @RECOVERY_METHODS.register("distill")
-class DistillRecovery(RecoveryMethod):
-    """Full fine-tuning of the student with task loss + teacher action (and hidden-state) distillation."""
+class DistillRecovery(FullFineTune):
+    """Full fine-tuning of the student (the parameters its family's ``trainable(model, "distill")`` names)
+    with task loss + teacher prediction (and hidden-state) distillation."""
 
     name = "distill"
     needs_teacher = True
     default_lr = 1e-4
 
     def attach_teacher(self, teacher: nn.Module, student: nn.Module, kept_blocks: list[int] | None) -> None:
-        check_teacher(student, teacher)
+        if self.family is None:
+            raise VlatrimError("distillation needs the model's policy family")
+        self.family.check_teacher(student, teacher)
         d = self.settings.distill
         self.teacher = teacher.eval().requires_grad_(False)
         self.kept: list[int] = []
+        self._student_blocks: list[nn.Module] = []
+        self._teacher_blocks: list[nn.Module] = []
         if d.hidden_weight > 0:
-            hs, ht = student.backbone.config.hidden_size, teacher.backbone.config.hidden_size
-            if hs != ht:
-                raise VlatrimError(f"hidden-state alignment needs equal widths; student {hs}, teacher {ht}")
-            self.kept = resolve_kept_blocks(student, teacher, kept_blocks)
-            self._student_blocks = _blocks(student)
-            self._teacher_blocks = _blocks(teacher)
+            hs, ht = self.family.handle(student), self.family.handle(teacher)
+            if hs.hidden_size != ht.hidden_size:
+                raise VlatrimError(f"hidden-state alignment needs equal widths; student {hs.hidden_size}, "
+                                   f"teacher {ht.hidden_size}")
+            self.kept = resolve_kept_blocks(len(hs.blocks), len(ht.blocks), kept_blocks)
+            self._student_blocks = list(hs.blocks)
+            self._teacher_blocks = list(ht.blocks)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         d = self.settings.distill
-        ref = batch["image"]
-        if next(self.teacher.parameters()).device != ref.device:
-            self.teacher.to(ref.device)  # the loop places the student; the frozen teacher follows it once
+        device = next(p.device for p in model.parameters())
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)  # the loop places the student; the frozen teacher follows it once
         align = d.hidden_weight > 0
         student_ids = list(range(len(self.kept))) if align else []
-        with capture_block_outputs(getattr(self, "_student_blocks", []), student_ids) as s_hid:
-            out = model(batch)
-        t_batch = batch
-        if "teacher_input_ids" in batch:  # the student's vocabulary was cut: the teacher reads its own ids
-            t_batch = {**batch, "input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
-        with torch.no_grad(), capture_block_outputs(getattr(self, "_teacher_blocks", []), self.kept) as t_hid:
-            t_out = self.teacher(t_batch)
-        kd = action_distill_loss(out["raw"], t_out["raw"], d.action_distance, d.temperature)
-        result: dict[str, Any] = {"task": out["loss"], "kd_action": kd, "l1": out["l1"], "mse": out["mse"]}
+        with capture_block_outputs(self._student_blocks, student_ids) as s_hid, \
+                capture_block_outputs(self._teacher_blocks, self.kept) as t_hid:
+            out, t_out = self.family.distill_outputs(model, self.teacher, batch)
+        kd = action_distill_loss(out["raw"], t_out["raw"], d.action_distance, d.temperature, out.get("raw_mask"))
+        result: dict[str, Any] = {k: v for k, v in out.items() if k not in ("raw", "raw_mask", "loss")}
+        result.update(task=out["loss"], kd_action=kd)
         total = d.task_weight * out["loss"] + d.action_weight * kd
         if align:
             B, S = s_hid[0].shape[:2]
-            am = batch["attention_mask"]  # (B, L): the instruction's padding; every other position is real
-            T = self.teacher.config.chunk_size
-            n_img = S - am.shape[1] - T  # image tokens + the state token come first
-            mask = torch.cat([am.new_ones(B, n_img), am, am.new_ones(B, T)], dim=1)  # (B, S)
-            hid = hidden_align_loss([s_hid[i] for i in student_ids], [t_hid[k] for k in self.kept], mask)
+            mask = self.family.position_mask(getattr(model, "module", model), batch)
+            if mask is None:
+                mask = torch.ones(B, S, device=device)
+            if tuple(mask.shape) != (B, S):
+                raise VlatrimError(f"the {self.family.name} family's position mask has shape {tuple(mask.shape)} but its "
+                                   f"blocks output {B} x {S} positions; hidden-state alignment cannot pair them")
+            hid = hidden_align_loss([s_hid[i] for i in student_ids], [t_hid[k] for k in self.kept], mask.to(device))
             result["kd_hidden"] = hid
             total = total + d.hidden_weight * hid
         result["loss"] = total
