@@ -279,15 +279,28 @@ def test_analyze_scores_vision_language_and_action_on_the_flow_matching_loss(pol
     out = tmp_path / "an"
     assert main(["analyze", "--model", str(policy_dir), "--data", str(dataset), "--out", str(out), "--batches", "2",
                  "--batch-size", "4", "--pathways", "language", "vision", "action",
-                 "--scorers", "drop_one", "block_influence", "gateprobe"]) == 0
+                 "--scorers", "drop_one", "block_influence", "gateprobe", "angular", "cka", "head_taylor",
+                 "channel_taylor"]) == 0
     a = json.loads((out / "analysis.json").read_text())
     assert a["model"]["family"] == FAMILY and a["loss"]["name"] == "flow-matching mse"
     assert a["pathways_scored"] == ["language", "vision", "action"]
-    for name in ("drop_one", "block_influence", "gateprobe"):
+    for name in ("drop_one", "block_influence", "gateprobe", "angular", "cka"):
         scores = a["scorers"][name]["scores"]
         assert {p: len(v) for p, v in scores.items()} == {LANGUAGE_PATH: 4, VISION_PATH: 2, EXPERT_PATH: 4}
         for p, v in scores.items():
             assert np.isfinite(v).all(), (name, p, v)
+    # The pathway comparison: each block list with its pathway, in analysis.json and its plot.
+    assert {p: v["pathway"] for p, v in a["pathways"].items()} == {
+        LANGUAGE_PATH: "language", VISION_PATH: "vision", EXPERT_PATH: "action"}
+    assert "pathways.png" in a["plots"] and (out / "pathways.png").stat().st_size > 0
+    # Heads and MLP channels of the VLM text layers (4 query heads, 128 channels in the tiny VLM). The last
+    # layer's output is never read, so its heads and channels score exactly 0; the others do not.
+    heads, channels = a["scorers"]["head_taylor"]["scores"], a["scorers"]["channel_taylor"]["scores"]
+    assert sorted(heads) == sorted(channels) == [f"{LANGUAGE_PATH}.{i}" for i in range(4)]
+    assert all(len(heads[f"{LANGUAGE_PATH}.{i}"]) == 4 and len(channels[f"{LANGUAGE_PATH}.{i}"]) == 128
+               for i in range(4))
+    assert all(v == 0 for v in heads[f"{LANGUAGE_PATH}.3"] + channels[f"{LANGUAGE_PATH}.3"])
+    assert all(any(v > 0 for v in heads[f"{LANGUAGE_PATH}.{i}"]) for i in range(3))
     # The scorers see every block (SmolVLA never calls its decoder layers; the family bridges their hooks):
     # skipping any expert or vision layer, or any VLM layer but the last, changes the loss. The last VLM
     # layer's output is never read (the expert reads only its keys and values, computed from its input), so
@@ -297,6 +310,20 @@ def test_analyze_scores_vision_language_and_action_on_the_flow_matching_loss(pol
         assert all(s != 0 for s in drop[p]), p
     assert all(s != 0 for s in drop[LANGUAGE_PATH][:3]) and drop[LANGUAGE_PATH][3] == 0
     assert a["scorers"]["gateprobe"]["scores"][LANGUAGE_PATH][3] == 0
+
+
+def test_vocabulary_usage_is_refused_before_any_scorer_runs(policy_dir, dataset, tmp_path, capsys, monkeypatch):
+    from vlatrim.analyze.scorers.drop_one import DropOne
+
+    ran = []
+    monkeypatch.setattr(DropOne, "score", lambda self, ctx: ran.append(1))
+    out = tmp_path / "an"
+    assert main(["analyze", "--model", str(policy_dir), "--data", str(dataset), "--out", str(out), "--batches", "1",
+                 "--batch-size", "2", "--scorers", "drop_one", "vocabulary"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("vlatrim: vocabulary usage needs the dataset's instructions and the model's tokenizer, and this "
+                   "model's family gives analysis no tokenizer; leave vocabulary out of --scorers")
+    assert not ran and not out.exists()
 
 
 def test_block_hooks_reach_the_layers_smolvla_never_calls(policy_dir, dataset):

@@ -91,6 +91,8 @@ def analyze(model_path: str, data: str, out: str, scorers: Sequence[str] = DEFAU
     ctx = ScoringContext(model=model, handle=handle, batches=cal.batches, loss=cal.loss, pathways=present,
                          instructions=cal.instructions, tokenizer=cal.tokenizer, progress=progress,
                          position_mask=lambda batch: family.position_mask(model, batch))
+    for name in scorers:  # every refusal before the first scorer spends any time (and before .partial exists)
+        SCORERS.get(name)(**(options or {}).get(name, {})).check(ctx)
     run_key = dict(model=str(Path(model_path).resolve()), data=str(Path(data).resolve()), batches=num_batches,
                    batch_size=batch_size, pathways=present, blocks_path=blocks_path, seed=seed,
                    options=options or {})

@@ -187,6 +187,10 @@ class Scorer:
         """What analysis.json records about the scorer: ``{"unit", "loss_units", "preference"}``."""
         return {"unit": cls.unit, "loss_units": cls.loss_units, "preference": cls.preference}
 
+    def check(self, ctx: ScoringContext) -> None:
+        """Refuse (``VlatrimError``) a context this scorer cannot score. Every scorer of a run is checked
+        before the first one runs, so a refusal costs no scoring time. Default: every context is fine."""
+
     def score(self, ctx: ScoringContext) -> ScoreResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

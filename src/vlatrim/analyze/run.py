@@ -50,9 +50,12 @@ def run_scorers(ctx: ScoringContext, names: Sequence[str] = DEFAULT_SCORERS,
     if len(set(names)) != len(names):
         raise VlatrimError(f"scorer names repeat: {', '.join(names)}")
     order = sorted(names, key=lambda n: n != "drop_one")
+    scorers = {n: classes[n](**options.get(n, {})) for n in order}
+    for scorer in scorers.values():  # every refusal before the first scorer spends any time
+        scorer.check(ctx)
     out: dict[str, Any] = {}
     for n in order:
-        scorer = classes[n](**options.get(n, {}))
+        scorer = scorers[n]
         ctx.model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         res = scorer.score(ctx)

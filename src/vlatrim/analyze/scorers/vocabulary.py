@@ -27,12 +27,17 @@ class VocabularyUsage(Scorer):
     loss_units = False  # occurrence counts
     preference = 0
 
-    def score(self, ctx: ScoringContext) -> ScoreResult:
+    def check(self, ctx: ScoringContext) -> None:
         h = ctx.handle
         if h.vocab_size is None or h.embedding_path is None:
             raise VlatrimError("vocabulary usage needs a backbone with a token embedding; this one has none")
         if ctx.tokenizer is None or not ctx.instructions:
-            raise VlatrimError("vocabulary usage needs the dataset's instructions and the model's tokenizer")
+            raise VlatrimError("vocabulary usage needs the dataset's instructions and the model's tokenizer, and this "
+                               "model's family gives analysis no tokenizer; leave vocabulary out of --scorers")
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        self.check(ctx)
+        h = ctx.handle
         texts = sorted(set(ctx.instructions))
         counts = torch.zeros(h.vocab_size, dtype=torch.float64)
         for ids in ctx.tokenizer(texts)["input_ids"]:
