@@ -285,17 +285,24 @@ def _normaliser_stats(model: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def _flow(model: nn.Module, batch: dict[str, Any], noise: torch.Tensor | None,
-          time: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The SmolVLAPolicy inside the training loop's wrappers (DDP's ``module``, peft's base model)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _flow(model: nn.Module, batch: dict[str, Any], noise: torch.Tensor | None, time: torch.Tensor | None,
+          velocity: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SmolVLA's flow-matching loss on a ``dataset`` batch (``noise`` / ``time`` None: the policy draws them)
-    and the velocity v_t (B, T, max_action_dim) its ``action_out_proj`` predicted in that pass."""
+    and, with ``velocity``, the v_t (B, T, max_action_dim) its ``action_out_proj`` predicted in that pass."""
     b = {k: v for k, v in batch.items() if k not in ("noise", "time", TARGET_KEY, ACTION_KEY, "action_mask",
                                                        "loss_denominator")}
     b[ACTION_KEY] = batch[TARGET_KEY]
     b["actions_id_pad"] = ~batch["action_mask"].bool()  # the key SmolVLAPolicy.forward reads for padding
+    if not velocity:
+        return model(b, noise=noise, time=time)[0], None
     grabbed: list[torch.Tensor] = []
-    proj = getattr(model, "module", model).model.action_out_proj
-    handle = proj.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
+    handle = _unwrapped(model).model.action_out_proj.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
     try:
         loss, _ = model(b, noise=noise, time=time)
     finally:
@@ -565,15 +572,15 @@ class LeRobotSmolVLAFamily(PolicyFamily):
         """Both policies' flow-matching loss and predicted velocity v_t (the real action dims) at the same
         noise and time: fresh draws by the student's own sampler in train mode (as LeRobot trains), the
         batch's fixed draws in eval mode. ``raw_mask``: the chunk steps inside the episode."""
-        core = getattr(student, "module", student).model  # VLAFlowMatching (under DDP, inside the wrapper)
+        core = _unwrapped(student).model  # VLAFlowMatching
         target = batch[TARGET_KEY]
         noise, time = batch["noise"], batch["time"]
         if student.training:
             noise = core.sample_noise(tuple(noise.shape), target.device)
             time = core.sample_time(int(target.shape[0]), target.device)
-        loss, v_s = _flow(student, batch, noise, time)
+        loss, v_s = _flow(student, batch, noise, time, velocity=True)
         with torch.no_grad():
-            t_loss, v_t = _flow(teacher, batch, noise, time)
+            t_loss, v_t = _flow(teacher, batch, noise, time, velocity=True)
         a = int(target.shape[-1])
         return ({"loss": loss, "raw": v_s[..., :a], "raw_mask": batch["action_mask"].bool()},
                 {"loss": t_loss, "raw": v_t[..., :a]})
