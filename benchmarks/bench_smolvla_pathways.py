@@ -25,7 +25,8 @@ Every stage writes its own directory under --work and is skipped when it is ther
 
     PYTHONPATH=src .venv-lerobot/bin/python benchmarks/bench_smolvla_pathways.py [--demos DIR]
         [--steps 3000] [--recover-steps 600] [--episodes 20] [--methods full[,lora,distill]]
-        [--pathways vision,language,action] [--no-control] [--work DIR] [--out JSON] [--note TEXT]
+        [--pathways vision,language,action] [--no-control] [--skip-evals trained,cut] [--work DIR]
+        [--out JSON] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--pathways", default="vision,language,action", help="pathways to cut (comma-separated)")
     ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                     help="train and evaluate the uncut policy for the recovery budget too")
+    ap.add_argument("--skip-evals", default="", help="closed-loop evaluations to skip: trained, cut (comma-separated; "
+                    "a comparison of recovery methods needs only the recovered policies)")
     args = ap.parse_args()
     from vlatrim.models.smolvla import SmolVLMSize, new_smolvla
 
@@ -110,8 +113,12 @@ def main() -> None:
     seconds["train"] = _cli(["recover", "--model", str(new), "--data", str(demos), "--out", str(trained), "--method",
                              "full", "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr",
                              str(args.lr)], trained / "recover.json")
-    seconds["eval_trained"] = _cli(["eval", "--policy", str(trained), "--out", str(work / "eval_trained"), *ev],
-                                   work / "eval_trained" / "eval.json")
+    skip = {x.strip() for x in args.skip_evals.split(",") if x.strip()}
+    if skip - {"trained", "cut"}:
+        ap.error(f"--skip-evals takes trained and cut, not {', '.join(sorted(skip - {'trained', 'cut'}))}")
+    if "trained" not in skip:
+        seconds["eval_trained"] = _cli(["eval", "--policy", str(trained), "--out", str(work / "eval_trained"), *ev],
+                                       work / "eval_trained" / "eval.json")
     analysis = work / "analysis"
     seconds["analyze"] = _cli(["analyze", "--model", str(trained), "--data", str(demos), "--out", str(analysis),
                                "--pathways", "language", "vision", "action", "--scorers", "drop_one"],
@@ -131,8 +138,10 @@ def main() -> None:
         cut = work / f"cut_{pathway}"
         seconds[f"prune_{pathway}"] = _cli(["prune", "--model", str(trained), "--out", str(cut), *argv],
                                            cut / "prune.json")
-        seconds[f"eval_cut_{pathway}"] = _cli(["eval", "--policy", str(cut), "--out", str(work / f"eval_cut_{pathway}"),
-                                               *ev], work / f"eval_cut_{pathway}" / "eval.json")
+        if "cut" not in skip:
+            seconds[f"eval_cut_{pathway}"] = _cli(["eval", "--policy", str(cut), "--out",
+                                                   str(work / f"eval_cut_{pathway}"), *ev],
+                                                  work / f"eval_cut_{pathway}" / "eval.json")
         by_method = {}
         for method in methods:
             tag = pathway if method == "full" else f"{pathway}_{method}"  # full keeps the study's directory names
@@ -153,7 +162,8 @@ def main() -> None:
         prune = read_json(cut / "prune.json")
         rows[pathway] = {"cut": argv, "kept_by_path": prune.get("kept_by_path", {LANGUAGE: prune["kept_blocks"]}),
                          "params_before": prune["params"]["before"], "params_after": prune["params"]["after"],
-                         "after_cut": _success(work / f"eval_cut_{pathway}"), "methods": by_method}
+                         "after_cut": None if "cut" in skip else _success(work / f"eval_cut_{pathway}"),
+                         "methods": by_method}
         if "full" in by_method:
             rows[pathway]["recovered"] = by_method["full"]["recovered"]
             rows[pathway]["recover_steps_per_s"] = by_method["full"]["steps_per_s"]
@@ -173,7 +183,7 @@ def main() -> None:
         "note": args.note,
         "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "note")}, "size": asdict(size),
                      "layout": "cross_attn, self_attn_every_n_layers=-1"},
-        "trained": {**_success(work / "eval_trained"), "steps": train["steps"],
+        "trained": {**({} if "trained" in skip else _success(work / "eval_trained")), "steps": train["steps"],
                     "steps_per_s": train["budget"]["steps_per_s"],
                     "final_loss": train.get("final_log", {}).get("loss"),
                     "params": train["params"]},
@@ -183,11 +193,12 @@ def main() -> None:
         "seconds": seconds,
     }
     write_json_atomic(Path(args.out), result)
-    print(f"trained: {result['trained']['success']:.2f}" + (
-        f"; control (+{args.recover_steps} steps): {result['control']['success']:.2f}" if args.control else ""))
+    fmt = lambda d: "not evaluated" if not d or "success" not in d else f"{d['success']:.2f}"
+    print(f"trained: {fmt(result['trained'])}" + (
+        f"; control (+{args.recover_steps} steps): {fmt(result['control'])}" if args.control else ""))
     for p, r in rows.items():
-        print(f"{p}: cut {r['after_cut']['success']:.2f} -> recovered " +
-              ", ".join(f"{m} {v['recovered']['success']:.2f}" for m, v in r["methods"].items()))
+        print(f"{p}: cut {fmt(r['after_cut'])} -> recovered " +
+              ", ".join(f"{m} {fmt(v['recovered'])}" for m, v in r["methods"].items()))
 
 
 if __name__ == "__main__":
