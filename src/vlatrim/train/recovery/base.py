@@ -66,6 +66,17 @@ class RecoveryMethod:
 RECOVERY_METHODS: Registry[type[RecoveryMethod]] = Registry("recovery method")
 
 
+def names_under(names: list[str], prefix: str) -> list[str]:
+    """The parameter names under the dotted ``prefix`` (the name itself, or ``prefix.``...), in order."""
+    prefix = prefix.rstrip(".")
+    return [n for n in names if n == prefix or n.startswith(prefix + ".")]
+
+
+def top_level(names: list[str]) -> list[str]:
+    """The first components of ``names``, sorted (what a refused prefix could have started with)."""
+    return sorted({n.split(".", 1)[0] for n in names})
+
+
 def save_trainable(model: nn.Module, path: Path) -> None:
     """Checkpoint hook: write the parameters that train (and only those) to ``trainable.safetensors``.
 

@@ -129,7 +129,7 @@ class DistillRecovery(FullFineTune):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         d = self.settings.distill
-        device = next(p.device for p in model.parameters())
+        device = next(model.parameters()).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)  # the loop places the student; the frozen teacher follows it once
         align = d.hidden_weight > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlatrim.errors import VlatrimError
-from vlatrim.train.recovery.base import RECOVERY_METHODS, RecoveryMethod
+from vlatrim.train.recovery.base import RECOVERY_METHODS, RecoveryMethod, names_under, top_level
 
 
 @RECOVERY_METHODS.register("full")
@@ -25,12 +25,11 @@ class FullFineTune(RecoveryMethod):
             raise VlatrimError(f"the {self.family.name} family names parameters to train that the model does not have: "
                                f"{', '.join(unknown[:3])}")
         for prefix in self.settings.train_also:
-            matched = {n for n in params if n == prefix or n.startswith(prefix.rstrip(".") + ".")}
+            matched = names_under(list(params), prefix)
             if not matched:
-                tops = sorted({n.split(".")[0] for n in params})
                 raise VlatrimError(f"--train-also {prefix!r} matches no parameter of the model; give a dotted prefix of "
-                                   f"parameter names (they start with {', '.join(tops[:6])})")
-            names |= matched
+                                   f"parameter names (they start with {', '.join(top_level(list(params))[:6])})")
+            names.update(matched)
         for n, p in params.items():
             p.requires_grad_(n in names)
         return student

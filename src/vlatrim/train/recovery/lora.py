@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from vlatrim.errors import VlatrimError
-from vlatrim.train.recovery.base import RECOVERY_METHODS, RecoveryMethod
+from vlatrim.train.recovery.base import RECOVERY_METHODS, RecoveryMethod, names_under, top_level
 from vlatrim.train.recovery.config import LoraSettings
 
 
@@ -72,12 +72,11 @@ def _match_prefixes(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Para
     named = dict(model.named_parameters())
     out = []
     for pre in prefixes:
-        hit = [p for n, p in named.items() if n == pre or n.startswith(pre + ".")]
+        hit = names_under(list(named), pre)
         if not hit:
-            tops = sorted({n.split(".", 1)[0] for n in named})
             raise VlatrimError(f"LoRA --lora-train-also {pre!r} names no parameter; valid prefixes include "
-                               f"{', '.join(tops)}")
-        out += hit
+                               f"{', '.join(top_level(list(named)))}")
+        out += [named[n] for n in hit]
     return out
 
 
